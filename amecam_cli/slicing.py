@@ -1,0 +1,346 @@
+"""Turning volumes into a 2-D slice dataset with slice-level labels, split by case.
+
+Layout of a slice dataset folder::
+
+    dataset.json          settings, the case-level split, amecam version
+    manifest.csv          one row per slice: case, slice, z, row, label, tumor_fraction, brain_fraction, split, file
+    images/<file>.npy     (n_slices, C, S, S) float16 per case, C = modalities in order
+    masks/<file>.npy      (n_slices, S, S) uint8 whole-tumour masks (only when segmentations exist)
+    cases/<file>.json     per-case rows and crop box; written last, so it marks the case as done
+
+Slice labels come from the whole-tumour mask: ``tumor`` when the tumour covers more than
+``min_tumor_fraction`` of the slice, ``normal`` when it has no tumour pixel, ``ambiguous`` in between
+(kept in the files, left out of training by default; ``ambiguous="normal"`` reproduces the official
+AME-CAM code, which calls them normal). Without masks, labels can come from a CSV of slice labels.
+
+Cases are processed one at a time (bounded memory on BraTS-sized sets) and a rerun skips cases that
+are already done, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from . import __version__
+from .cases import Case, LoadedCase, load_case
+from .errors import AmecamError
+from .io import atomic_path
+
+__all__ = [
+    "AMBIGUOUS_CHOICES",
+    "SliceSettings",
+    "file_stem",
+    "label_slices",
+    "read_slice_labels",
+    "slice_case",
+    "slice_dataset",
+    "split_cases",
+]
+
+logger = logging.getLogger(__name__)
+
+AMBIGUOUS_CHOICES = ("exclude", "normal", "tumor")
+FORMAT = "amecam-slices"
+FORMAT_VERSION = 1
+MANIFEST_FIELDS = ("case", "slice", "z", "row", "label", "tumor_fraction", "brain_fraction", "split", "file")
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """What determines the content of a slice dataset; a rerun must use the same values to resume.
+
+    Attributes:
+        modalities: channels, in order.
+        image_size: side of the square slices after cropping to the brain.
+        min_tumor_fraction: share of the slice the tumour must exceed for a ``tumor`` label.
+        ambiguous: what slices with a smaller tumour become: exclude (label ``ambiguous``), normal, tumor.
+        val_fraction: share of cases held out for validation.
+        seed: seed of the case-level split.
+    """
+
+    modalities: tuple[str, ...]
+    image_size: int = 128
+    min_tumor_fraction: float = 0.01
+    ambiguous: str = "exclude"
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024:
+            raise AmecamError(f"--image_size must be a whole number in [16, 1024], got {self.image_size!r}")
+        if not isinstance(self.min_tumor_fraction, (int, float)) or not 0 <= self.min_tumor_fraction < 1:
+            raise AmecamError(f"--min_tumor_fraction must be in [0, 1), got {self.min_tumor_fraction!r}")
+        if self.ambiguous not in AMBIGUOUS_CHOICES:
+            raise AmecamError(f"--ambiguous must be one of {', '.join(AMBIGUOUS_CHOICES)}, got {self.ambiguous!r}")
+        if not isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
+            raise AmecamError(f"--val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise AmecamError(f"--seed must be a whole number, got {self.seed!r}")
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["modalities"] = list(self.modalities)
+        return out
+
+
+def file_stem(case_id: str) -> str:
+    """A file-name-safe version of a case id."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", case_id)
+
+
+def split_cases(case_ids: Iterable[str], *, val_fraction: float, seed: int) -> dict[str, str]:
+    """Assign each case to ``train`` or ``val``; deterministic in ``seed`` and the set of ids.
+
+    At least one case goes to validation when ``val_fraction > 0`` and there are two or more cases.
+    """
+    ids = sorted(case_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(len(ids) * val_fraction))
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    val = {ids[i] for i in order[:n_val]}
+    return {case_id: ("val" if case_id in val else "train") for case_id in ids}
+
+
+def label_slices(
+    label: np.ndarray, zs: Iterable[int], *, min_tumor_fraction: float, ambiguous: str = "exclude"
+) -> tuple[list[str], list[float]]:
+    """Slice labels from a ``(x, y, z)`` whole-tumour mask.
+
+    Returns:
+        Labels (``tumor`` / ``normal`` / ``ambiguous``, or as mapped by ``ambiguous``) and tumour fractions.
+    """
+    area = label.shape[0] * label.shape[1]
+    labels, fractions = [], []
+    for z in zs:
+        pixels = int(np.count_nonzero(label[:, :, z]))
+        fraction = pixels / area
+        if pixels == 0:
+            name = "normal"
+        elif fraction > min_tumor_fraction:
+            name = "tumor"
+        else:
+            name = "ambiguous" if ambiguous == "exclude" else ambiguous
+        labels.append(name)
+        fractions.append(fraction)
+    return labels, fractions
+
+
+def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
+    """Read a CSV of slice-level labels: columns ``case``, ``slice``, ``label`` (tumor/normal or 1/0).
+
+    ``slice`` counts along the file's axial voxel axis, as a viewer shows it.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise AmecamError(f"{path}: cannot read slice labels ({exc.strerror})") from exc
+    if not rows or not {"case", "slice", "label"} <= set(rows[0]):
+        raise AmecamError(f"{path}: slice-label CSV needs the columns case, slice, label")
+    names = {"tumor": "tumor", "tumour": "tumor", "1": "tumor", "normal": "normal", "0": "normal"}
+    out: dict[str, dict[int, str]] = {}
+    for number, row in enumerate(rows, start=2):
+        value = str(row["label"]).strip().lower()
+        if value not in names:
+            raise AmecamError(f"{path}: line {number}: label must be tumor/normal or 1/0, got {row['label']!r}")
+        try:
+            index = int(row["slice"])
+        except ValueError as exc:
+            raise AmecamError(f"{path}: line {number}: slice must be a whole number, got {row['slice']!r}") from exc
+        out.setdefault(str(row["case"]), {})[index] = names[value]
+    return out
+
+
+def _axial_file_index(orientation: np.ndarray, n_slices: int) -> np.ndarray:
+    """Map canonical axial index z -> index along the file's own axial axis."""
+    axis = int(np.flatnonzero(orientation[:, 0] == 2)[0])
+    flipped = orientation[axis, 1] < 0
+    z = np.arange(n_slices)
+    return (n_slices - 1 - z) if flipped else z
+
+
+def slice_case(
+    loaded: LoadedCase, settings: SliceSettings, *, slice_labels: dict[int, str] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, list[dict], tuple[int, int, int, int]]:
+    """Slice one loaded case.
+
+    Returns:
+        ``(images, masks, rows, box)``: float16 ``(n, C, S, S)``, uint8 ``(n, S, S)`` or None, manifest
+        rows (without ``split`` and ``file``), and the in-plane crop box.
+    """
+    from amecam_bundle.scripts.preprocess import extract_slices, prepare_volume, resize_masks
+
+    prepared = prepare_volume(loaded.channels, brain=loaded.brain)
+    zs = prepared.brain_slices
+    file_index = _axial_file_index(loaded.orientation, loaded.channels.shape[-1])
+    area = prepared.brain.shape[0] * prepared.brain.shape[1]
+    brain_fractions = prepared.brain.sum(axis=(0, 1)) / area
+    if loaded.label is not None:
+        labels, fractions = label_slices(
+            loaded.label, zs, min_tumor_fraction=settings.min_tumor_fraction, ambiguous=settings.ambiguous
+        )
+    else:
+        labels, fractions = [], []
+        for z in zs:
+            labels.append((slice_labels or {}).get(int(file_index[z]), "unlabelled"))
+            fractions.append(math.nan)
+    images = extract_slices(prepared.image, prepared.box, zs, settings.image_size).numpy().astype(np.float16)
+    masks = None
+    if loaded.label is not None:
+        masks = resize_masks(np.moveaxis(loaded.label[:, :, zs], -1, 0), prepared.box, settings.image_size)
+    rows = [
+        {
+            "case": loaded.case.case_id,
+            "slice": int(file_index[z]),
+            "z": int(z),
+            "row": row,
+            "label": labels[row],
+            "tumor_fraction": round(fractions[row], 6) if not math.isnan(fractions[row]) else "",
+            "brain_fraction": round(float(brain_fractions[z]), 6),
+        }
+        for row, z in enumerate(zs)
+    ]
+    return images, masks, rows, prepared.box
+
+
+def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str], overwrite: bool) -> None:
+    info_path = out_dir / "dataset.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AmecamError(f"{out_dir}: output exists and is not a folder")
+    if info_path.exists() and not overwrite:
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AmecamError(f"{info_path}: cannot read ({exc}); pass --overwrite to start again") from exc
+        if info.get("settings") != settings.as_dict():
+            changed = [k for k, v in settings.as_dict().items() if info.get("settings", {}).get(k) != v]
+            raise AmecamError(
+                f"{out_dir}: holds slices made with other settings ({', '.join(changed)}); "
+                "use another folder or pass --overwrite"
+            )
+        if info.get("split") != split:
+            raise AmecamError(f"{out_dir}: holds slices of another set of cases; use another folder or pass --overwrite")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise AmecamError(f"{out_dir}: folder is not empty and holds no slice dataset; pass --overwrite or another folder")
+        for name in ("images", "masks", "cases", "manifest.csv", "dataset.json"):
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        for sub in ("images", "masks", "cases"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AmecamError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from exc
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "amecam_version": __version__,
+        "settings": settings.as_dict(),
+        "split": split,
+    }
+    _write_text(info_path, json.dumps(info, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except OSError as exc:
+        raise AmecamError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def slice_dataset(
+    cases: list[Case],
+    out_dir: str | Path,
+    settings: SliceSettings,
+    *,
+    slice_labels: dict[str, dict[int, str]] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the slice dataset of ``cases`` to ``out_dir`` (see the module docstring for the layout).
+
+    Returns:
+        Counts: cases, slices per label and per split, and how many cases were reused from an earlier run.
+
+    Raises:
+        AmecamError: bad settings, unreadable or inconsistent volumes, or an output folder that holds
+            something else.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    if slice_labels is None:
+        unlabelled = [c.case_id for c in cases if c.label is None]
+        if unlabelled:
+            raise AmecamError(f"case {unlabelled[0]}: no segmentation to derive slice labels from (give --slice_labels)")
+    split = split_cases([c.case_id for c in cases], val_fraction=settings.val_fraction, seed=settings.seed)
+    _prepare_output(out_dir, settings, split, overwrite)
+    stems = [file_stem(c.case_id) for c in cases]
+    if len(set(stems)) != len(stems):
+        raise AmecamError(f"{out_dir}: two case ids map to the same file name; rename them")
+    all_rows: list[dict] = []
+    reused = 0
+    bar = tqdm(cases, desc="slice", unit="case", disable=None if progress else True)
+    for case, stem in zip(bar, stems):
+        done_path = out_dir / "cases" / f"{stem}.json"
+        if done_path.exists():
+            try:
+                all_rows.extend(json.loads(done_path.read_text())["rows"])
+                reused += 1
+                continue
+            except (OSError, json.JSONDecodeError, KeyError):
+                logger.warning("%s: unreadable, slicing case %s again", done_path, case.case_id)
+        bar.set_postfix_str(case.case_id)
+        labels_of_case = None if slice_labels is None else slice_labels.get(case.case_id, {})
+        loaded = load_case(case, with_label=slice_labels is None)
+        images, masks, rows, box = slice_case(loaded, settings, slice_labels=labels_of_case)
+        for row in rows:
+            row["split"] = split[case.case_id]
+            row["file"] = stem
+        _save_array(out_dir / "images" / f"{stem}.npy", images)
+        if masks is not None:
+            _save_array(out_dir / "masks" / f"{stem}.npy", masks)
+        record = {"case": case.case_id, "box": [int(b) for b in box], "rows": rows}
+        _write_text(done_path, json.dumps(record) + "\n")
+        all_rows.extend(rows)
+    _write_manifest(out_dir / "manifest.csv", all_rows)
+    counts = {
+        "cases": len(cases),
+        "reused_cases": reused,
+        "slices": len(all_rows),
+        "labels": {k: sum(r["label"] == k for r in all_rows) for k in ("tumor", "normal", "ambiguous", "unlabelled")},
+        "split": {k: sum(v == k for v in split.values()) for k in ("train", "val")},
+    }
+    logger.info("slice dataset %s: %s", out_dir, counts)
+    return counts
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
