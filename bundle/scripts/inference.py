@@ -1,0 +1,239 @@
+"""Volume in, mask out: the bundle's inference.
+
+:class:`VolumePredictor` runs any network that returns ``(B, 2, S, S)`` -- channel 0 a tumour map in
+``[0, 1]``, channel 1 the slice's tumour probability (see ``networks.AMECAMNet``) -- over the axial
+slices of a volume in batches: the brain is cropped and resized exactly as for training, slices
+without brain are skipped, slices the network calls normal get an empty mask (gating), the map is
+thresholded, optionally cleaned in 3-D and refined with DenseCRF, and everything is mapped back to
+the input's voxel grid.
+
+:meth:`VolumePredictor.predict_files` needs only nibabel (NIfTI in, NIfTI out), so a bundle runs
+with ``python -m monai.bundle run --config_file configs/inference.yaml`` and no amecam installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .postprocess import CRFParams, crf_refine_volume, remove_small_components
+from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
+from .train import resolve_device
+
+__all__ = ["Prediction", "VolumePredictor"]
+
+logger = logging.getLogger("amecam.inference")
+
+
+@dataclass
+class Prediction:
+    """Results on the canonical grid (see ``preprocess.to_canonical``).
+
+    Attributes:
+        cam: ``(x, y, z)`` float32 tumour map in ``[0, 1]`` (zero outside the brain and on skipped slices).
+        mask: ``(x, y, z)`` uint8 mask after gating, threshold, clean-up and CRF.
+        slice_probability: ``(z,)`` tumour probability per slice (0 where no brain).
+        image: ``(C, x, y, z)`` the normalised input.
+        brain: ``(x, y, z)`` brain mask.
+        seconds: time spent per step.
+    """
+
+    cam: np.ndarray
+    mask: np.ndarray
+    slice_probability: np.ndarray
+    image: np.ndarray
+    brain: np.ndarray
+    seconds: dict = field(default_factory=dict)
+
+
+class VolumePredictor:
+    """Slice-wise inference over whole volumes.
+
+    Args:
+        network: module mapping ``(B, C, S, S)`` to ``(B, 2, S, S)``.
+        image_size: the side ``S`` the network was trained on.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: slices per forward pass.
+        threshold: the map value from which a pixel is tumour.
+        gate: give slices with tumour probability below ``probability_threshold`` an empty mask.
+        probability_threshold: the classifier's decision threshold.
+        min_component_voxels: drop 3-D islands smaller than this (0 keeps everything).
+        crf: refine the mask with DenseCRF around the candidate tumour.
+        crf_params: DenseCRF parameters.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        *,
+        image_size: int,
+        device: str | torch.device = "auto",
+        batch_size: int = 64,
+        threshold: float = 0.5,
+        gate: bool = True,
+        probability_threshold: float = 0.5,
+        min_component_voxels: int = 0,
+        crf: bool = False,
+        crf_params: CRFParams | None = None,
+    ) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            msg = f"threshold must be in [0, 1], got {threshold}"
+            raise ValueError(msg)
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.threshold = float(threshold)
+        self.gate = bool(gate)
+        self.probability_threshold = float(probability_threshold)
+        self.min_component_voxels = int(min_component_voxels)
+        self.crf = bool(crf)
+        self.crf_params = crf_params or CRFParams()
+
+    def load(self, weights: str | os.PathLike) -> "VolumePredictor":
+        """Load a state dict (``models/model.pt``) into the network."""
+        path = Path(weights)
+        if not path.is_file():
+            msg = f"{path}: model weights not found (a trained bundle has models/model.pt)"
+            raise FileNotFoundError(msg)
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state)
+        self.network.eval()
+        return self
+
+    @torch.inference_mode()
+    def _batched(self, function, slices: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        autocast = self.device.type == "cuda"
+        for start in range(0, slices.shape[0], self.batch_size):
+            batch = slices[start : start + self.batch_size].to(self.device, non_blocking=True)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                outputs.append(function(batch).float())
+        return torch.cat(outputs).cpu()
+
+    def network_output(self, slices: torch.Tensor, *, all_maps: bool = True) -> torch.Tensor:
+        """Run the network over ``(n, C, S, S)`` slices in batches; returns ``(n, 2, S, S)`` on the CPU.
+
+        With ``all_maps=False``, gating on and a network that can score slices without maps
+        (``slice_probability``), maps are computed only for the slices the classifier calls tumour: the
+        others get an empty mask whatever their map, so their map is left at zero.
+        """
+        n, size = slices.shape[0], self.image_size
+        if n == 0:
+            return torch.zeros(0, 2, size, size)
+        if all_maps or not self.gate or not hasattr(self.network, "slice_probability"):
+            return self._batched(self.network, slices)
+        probability = self._batched(self.network.slice_probability, slices)
+        output = torch.zeros(n, 2, size, size)
+        output[:, 1] = probability.view(-1, 1, 1)
+        keep = torch.nonzero(probability >= self.probability_threshold).flatten()
+        if len(keep):
+            output[keep] = self._batched(self.network, slices[keep])
+        return output
+
+    def predict_canonical(self, channels: np.ndarray, *, brain: np.ndarray | None = None, all_maps: bool = True) -> Prediction:
+        """Predict on a canonical ``(C, x, y, z)`` volume of raw intensities.
+
+        Args:
+            all_maps: compute the map on every brain slice; ``False`` skips the slices the classifier
+                calls normal (same mask, less work; their map stays zero).
+        """
+        seconds = {}
+        started = time.perf_counter()
+        prepared = prepare_volume(channels, brain=brain)
+        zs = prepared.brain_slices
+        slices = extract_slices(prepared.image, prepared.box, zs, self.image_size)
+        seconds["preprocess"] = time.perf_counter() - started
+        started = time.perf_counter()
+        output = self.network_output(slices, all_maps=all_maps)
+        seconds["network"] = time.perf_counter() - started
+        started = time.perf_counter()
+        shape = prepared.brain.shape
+        cam = np.zeros(shape, dtype=np.float32)
+        probability = np.zeros(shape[2], dtype=np.float32)
+        if len(zs):
+            planes = paste_slices(output[:, 0], prepared.box, shape[:2]).clamp(0, 1).numpy()
+            cam[:, :, zs] = np.moveaxis(planes, 0, -1)
+            probability[zs] = output[:, 1].flatten(1).mean(dim=1).numpy()
+        cam *= prepared.brain
+        mask = (cam >= self.threshold) & prepared.brain
+        if self.gate:
+            mask &= (probability >= self.probability_threshold)[None, None, :]
+        mask = remove_small_components(mask.astype(np.uint8), self.min_component_voxels)
+        if self.crf and mask.any():
+            grey = prepared.image.mean(axis=0)
+            mask = crf_refine_volume(grey, cam, mask, self.crf_params) & prepared.brain
+        seconds["postprocess"] = time.perf_counter() - started
+        return Prediction(cam=cam, mask=mask.astype(np.uint8), slice_probability=probability,
+                          image=prepared.image, brain=prepared.brain, seconds=seconds)
+
+    def predict_files(
+        self,
+        images: str | Sequence[str],
+        output: str,
+        cam_output: str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> dict:
+        """NIfTI in (one file per modality, in the bundle's order), NIfTI mask out; nibabel only.
+
+        Returns:
+            Paths written and the time per step.
+        """
+        import nibabel as nib
+
+        files = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+        if not files:
+            msg = "images must name at least one NIfTI file"
+            raise ValueError(msg)
+        arrays, reference = [], None
+        for name in files:
+            if not Path(name).is_file():
+                msg = f"{name}: no such file"
+                raise FileNotFoundError(msg)
+            image = nib.load(str(name))
+            data = np.asanyarray(image.dataobj).astype(np.float32)
+            if data.ndim != 3:
+                msg = f"{name}: expected a 3-D volume, got shape {data.shape}"
+                raise ValueError(msg)
+            if reference is None:
+                reference = image
+            elif data.shape != reference.shape:
+                msg = f"{name}: shape {data.shape} differs from {files[0]} {reference.shape}"
+                raise ValueError(msg)
+            arrays.append(data)
+        assert reference is not None
+        for path in (output, cam_output):
+            if path and Path(path).exists() and not overwrite:
+                msg = f"{path}: output already exists"
+                raise FileExistsError(msg)
+        stacked, orientation = to_canonical(np.stack(arrays, axis=-1), reference.affine)
+        prediction = self.predict_canonical(np.moveaxis(stacked, -1, 0), all_maps=cam_output is not None)
+        written = {"mask": output}
+        self._save_nifti(from_canonical(prediction.mask, orientation), reference, output)
+        if cam_output:
+            self._save_nifti(from_canonical(prediction.cam, orientation), reference, cam_output)
+            written["cam"] = cam_output
+        logger.info("wrote %s (%d tumour voxels)", output, int(prediction.mask.sum()))
+        return {"written": written, "seconds": prediction.seconds}
+
+    @staticmethod
+    def _save_nifti(array: np.ndarray, reference, path: str) -> None:
+        import nibabel as nib
+
+        header = reference.header.copy()
+        header.set_data_dtype(array.dtype)
+        image = nib.Nifti1Image(array, reference.affine, header=header)
+        image.header.set_slope_inter(1.0, 0.0)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(f".tmp-{Path(path).name}")  # same extension: nibabel compresses by name
+        nib.save(image, str(tmp))
+        os.replace(tmp, path)

@@ -1,0 +1,292 @@
+"""AME-CAM networks: the multi-exit classifier, the attention aggregator and the inference wrapper.
+
+Chen et al., "AME-CAM: Attentive Multiple-Exit CAM for Weakly Supervised Segmentation on MRI Brain
+Tumor", MICCAI 2023.
+
+* :class:`MultiExitResNet` is a 2-D ResNet-18 built from MONAI's ``ResNetBlock`` with the chosen norm
+  (InstanceNorm by default) in *every* block, the stem and the shortcuts; MONAI's own ``ResNet`` only
+  applies ``norm`` to the stem. After each of the four stages an internal classifier (1x1 conv to one
+  channel, then global average pooling) gives a tumour logit; the 1x1 conv output *is* that exit's
+  class activation map M1..M4.
+* :class:`AttentionAggregator` weights the four upsampled, per-image normalised maps pixel by pixel
+  (softmax over the maps) into Mf.
+* :class:`AMECAMNet` is what the bundle's ``network_def`` builds for inference: one tensor out,
+  channel 0 the final map ``minmax(mean(M1..M4, Mf))`` (1 = tumour), channel 1 the classifier's
+  tumour probability broadcast over the image, so ``verify_net_in_out`` and TorchScript tracing work.
+
+Example:
+    >>> net = AMECAMNet(in_channels=1)
+    >>> net(torch.rand(2, 1, 128, 128)).shape
+    torch.Size([2, 2, 128, 128])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.utils import get_norm_layer
+from monai.networks.nets import UNet
+from monai.networks.nets.resnet import ResNetBlock
+
+__all__ = [
+    "AMECAMNet",
+    "AttentionAggregator",
+    "EXIT_WEIGHTS",
+    "MultiExitResNet",
+    "SegmentationNet",
+    "brain_region",
+    "minmax_per_image",
+]
+
+#: BCE weights of the four exits in stage 1 (the paper's values)
+EXIT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+DEFAULT_NORM = ("instance", {"affine": True})
+
+
+def minmax_per_image(maps: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Scale each ``(H, W)`` map of a ``(B, C, H, W)`` tensor to ``[0, 1]`` independently.
+
+    With a ``(B, 1, H, W)`` boolean ``mask`` (the brain), minimum and maximum are taken inside it and
+    the result is zero outside, so the empty background cannot set the scale.
+    """
+    if mask is None:
+        flat = maps.flatten(2)
+        low = flat.amin(dim=2, keepdim=True).unsqueeze(-1)
+        high = flat.amax(dim=2, keepdim=True).unsqueeze(-1)
+        return (maps - low) / (high - low + eps)
+    inside = mask.expand_as(maps)
+    big = torch.finfo(maps.dtype).max
+    low = torch.where(inside, maps, torch.full_like(maps, big)).flatten(2).amin(dim=2).unsqueeze(-1).unsqueeze(-1)
+    high = torch.where(inside, maps, torch.full_like(maps, -big)).flatten(2).amax(dim=2).unsqueeze(-1).unsqueeze(-1)
+    empty = (inside.flatten(2).sum(dim=2) == 0).unsqueeze(-1).unsqueeze(-1)
+    low = torch.where(empty, torch.zeros_like(low), low)
+    high = torch.where(empty, torch.ones_like(high), high)
+    return ((maps - low) / (high - low + eps)).clamp(0, 1) * inside.to(maps.dtype)
+
+
+def brain_region(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` boolean: pixels where any modality is non-zero (preprocessing zeroes the rest)."""
+    return x.abs().sum(dim=1, keepdim=True) > 0
+
+
+class MultiExitResNet(nn.Module):
+    """ResNet-18 classifier with an internal classifier after each residual stage.
+
+    Args:
+        in_channels: one per modality.
+        layers: residual blocks per stage (ResNet-18: 2, 2, 2, 2).
+        widths: channels per stage.
+        norm: MONAI norm spec used in the stem, every block and every shortcut.
+        stem_stride: stride of the 7x7 stem convolution.
+        stem_pool: whether the stem ends with a 3x3 stride-2 max pool.
+        last_stride: stride of the last stage; 1 keeps M4 at twice the resolution (its 3x3 convolutions
+            are then dilated by 2 to keep their receptive field), the usual choice in weakly supervised
+            segmentation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        *,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        norm: str | tuple = DEFAULT_NORM,
+        stem_stride: int = 2,
+        stem_pool: bool = True,
+        last_stride: int = 2,
+    ) -> None:
+        super().__init__()
+        if last_stride not in (1, 2):
+            msg = f"last_stride must be 1 or 2, got {last_stride}"
+            raise ValueError(msg)
+        if len(layers) != 4 or len(widths) != 4:
+            msg = f"layers and widths must have 4 entries (one per stage), got {list(layers)} and {list(widths)}"
+            raise ValueError(msg)
+        self.in_channels = in_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=stem_stride, padding=3, bias=False),
+            get_norm_layer(name=norm, spatial_dims=2, channels=widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity(),
+        )
+        stages = []
+        in_planes = widths[0]
+        for index, (blocks, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if index == 0 else (last_stride if index == 3 else 2)
+            stages.append(self._stage(in_planes, planes, blocks, stride, norm))
+            in_planes = planes
+        if last_stride == 1:
+            for module in stages[3].modules():
+                if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+                    module.dilation, module.padding = (2, 2), (2, 2)
+        self.stages = nn.ModuleList(stages)
+        self.exits = nn.ModuleList(nn.Conv2d(w, 1, kernel_size=1) for w in widths)
+        # +1 or -1 per exit, set after training (scripts.train.resolve_exit_polarity): with InstanceNorm
+        # an exit can raise its pooled logit by lowering the map on the tumour and raising it elsewhere
+        self.register_buffer("exit_polarity", torch.ones(len(widths)))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, blocks: int, stride: int, norm: str | tuple) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or in_planes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                get_norm_layer(name=norm, spatial_dims=2, channels=planes),
+            )
+        modules = [ResNetBlock(in_planes, planes, spatial_dims=2, stride=stride, downsample=downsample, norm=norm)]
+        modules += [ResNetBlock(planes, planes, spatial_dims=2, norm=norm) for _ in range(blocks - 1)]
+        return nn.Sequential(*modules)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each of the four stages."""
+        out, feats = self.stem(x), []
+        for stage in self.stages:
+            out = stage(out)
+            feats.append(out)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return ``(logits, maps)``: ``(B, 4)`` exit logits and the four raw ``(B, 1, h_i, w_i)`` maps."""
+        maps = [head(f) for head, f in zip(self.exits, self.features(x))]
+        logits = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+        return logits, maps
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled last-stage features, the embedding of the contrastive losses."""
+        return self.features(x)[-1].mean(dim=(2, 3))
+
+    def exit_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exit logits and the four maps: upsampled to the input, oriented by ``exit_polarity`` so that
+        1 = tumour, and normalised per image to ``[0, 1]`` inside the brain (0 outside).
+
+        Returns:
+            ``(logits (B, 4), maps (B, 4, H, W))``.
+        """
+        logits, maps = self(x)
+        size = x.shape[-2:]
+        upsampled = torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps], dim=1)
+        oriented = upsampled * self.exit_polarity.to(upsampled.dtype).view(1, -1, 1, 1)
+        return logits, minmax_per_image(oriented, brain_region(x))
+
+
+class AttentionAggregator(nn.Module):
+    """Pixel-wise attention over the four exit maps.
+
+    Input: the grey image multiplied by each normalised exit map (4 channels). Output: softmax weights
+    over the maps at every pixel; ``Mf = sum_i w_i * M_i``. ``polarity`` (+1 or -1) is set after
+    training (see ``scripts.train.resolve_attention_polarity``): the contrastive losses are symmetric
+    in foreground and background, so the learnt Mf may mark the background; -1 means ``Mf := 1 - Mf``.
+
+    Args:
+        n_maps: number of exit maps.
+        hidden: channels of the hidden convolutions.
+    """
+
+    def __init__(self, n_maps: int = 4, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(n_maps, hidden, kernel_size=3, padding=1),
+            nn.InstanceNorm2d(hidden, affine=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, kernel_size=3, padding=2, dilation=2),
+            nn.InstanceNorm2d(hidden, affine=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, n_maps, kernel_size=1),
+        )
+        self.register_buffer("polarity", torch.ones(()))
+
+    def weights(self, grey: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Softmax weights ``(B, 4, H, W)`` for a ``(B, 1, H, W)`` grey image and ``(B, 4, H, W)`` maps."""
+        return torch.softmax(self.net(grey * maps), dim=1)
+
+    def forward(self, grey: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Mf ``(B, 1, H, W)`` with the learnt polarity *not* applied (training sees the raw map)."""
+        return (self.weights(grey, maps) * maps).sum(dim=1, keepdim=True)
+
+    def oriented(self, grey: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Mf with the resolved polarity applied (1 = tumour), zero outside the brain."""
+        mf = self(grey, maps)
+        flip = (self.polarity < 0).to(mf.dtype)
+        return (mf * (1 - flip) + (1 - mf) * flip) * (grey > 0).to(mf.dtype)
+
+
+class AMECAMNet(nn.Module):
+    """Classifier + aggregator, one ``(B, 2, H, W)`` tensor out (the bundle's inference ``network_def``).
+
+    Channel 0: final AME-CAM map ``minmax(mean(M1, M2, M3, M4, Mf))`` in ``[0, 1]``, 1 = tumour.
+    Channel 1: the deepest exit's tumour probability, the same value at every pixel.
+
+    Args:
+        in_channels: one per modality.
+        hidden: hidden channels of the aggregator.
+        classifier_kwargs: passed to :class:`MultiExitResNet`.
+    """
+
+    def __init__(self, in_channels: int = 1, *, hidden: int = 32, **classifier_kwargs) -> None:
+        super().__init__()
+        self.classifier = MultiExitResNet(in_channels, **classifier_kwargs)
+        self.aggregator = AttentionAggregator(n_maps=4, hidden=hidden)
+
+    @staticmethod
+    def grey(x: torch.Tensor) -> torch.Tensor:
+        """The grey image the aggregator sees: the mean over modalities."""
+        return x.mean(dim=1, keepdim=True)
+
+    def all_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every intermediate: exit ``logits`` (B, 4), ``exits`` (B, 4, H, W), ``attention`` Mf and ``final``."""
+        logits, exits = self.classifier.exit_maps(x)
+        mf = self.aggregator.oriented(self.grey(x), exits)
+        final = minmax_per_image(torch.cat([exits, mf], dim=1).mean(dim=1, keepdim=True), brain_region(x))
+        return {"logits": logits, "exits": exits, "attention": mf, "final": final}
+
+    def slice_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` tumour probability of the deepest exit, without computing any map."""
+        return torch.sigmoid(self.classifier(x)[0][:, -1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.all_maps(x)
+        prob = torch.sigmoid(out["logits"][:, -1]).view(-1, 1, 1, 1).expand_as(out["final"])
+        return torch.cat([out["final"], prob], dim=1)
+
+
+class SegmentationNet(nn.Module):
+    """MONAI 2-D U-Net behind the same one-tensor inference contract as :class:`AMECAMNet`.
+
+    Used for the pseudo-label refinement (trained on AME-CAM masks) and the fully supervised upper
+    bound (trained on expert masks). Output ``(B, 2, H, W)``: channel 0 the tumour probability (softmax
+    of the U-Net's two classes, zero outside the brain), channel 1 the slice's tumour probability (the
+    maximum of channel 0) broadcast, so slice gating means the same thing for both kinds of bundle.
+
+    Args:
+        in_channels: one per modality.
+        channels: U-Net channels per level.
+        strides: U-Net down-sampling strides.
+        num_res_units: residual units per level.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        *,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        num_res_units: int = 2,
+    ) -> None:
+        super().__init__()
+        self.unet = UNet(spatial_dims=2, in_channels=in_channels, out_channels=2, channels=tuple(channels),
+                         strides=tuple(strides), num_res_units=num_res_units, norm="instance")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's two-class logits ``(B, 2, H, W)`` (background, tumour)."""
+        return self.unet(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probability = torch.softmax(self.unet(x), dim=1)[:, 1:2] * brain_region(x).to(x.dtype)
+        slice_probability = probability.flatten(1).amax(dim=1).view(-1, 1, 1, 1).expand_as(probability)
+        return torch.cat([probability, slice_probability], dim=1)

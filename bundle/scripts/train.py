@@ -1,0 +1,567 @@
+"""Training of the three AME-CAM stages; the bundle's ``train_*.yaml`` configs build these trainers.
+
+* stage 0 (optional) :class:`SimCLRTrainer`: self-supervised pretraining of the encoder;
+* stage 1 :class:`ClassifierTrainer`: the multi-exit classifier, BCE at every exit, Adam with a cosine
+  schedule, the best epoch chosen by validation AUC of the deepest exit on the case-level split;
+  then each exit map is oriented so that 1 = tumour (:func:`resolve_exit_polarity`);
+* stage 2 :class:`AttentionTrainer`: the classifier frozen, the attention aggregator trained on tumour
+  slices with the contrastive losses; then the polarity of Mf is resolved
+  (:func:`resolve_attention_polarity`) and the whole inference network is saved as ``models/model.pt``.
+
+Every trainer writes a checkpoint after each epoch (``models/checkpoints/``) and, with
+``resume=True``, continues from it after an interruption. CPU speed-ups: slices cropped to the brain
+(done by the slicer), normal slices sampled in balance with tumour slices, channels-last memory
+format, no gradient or map upsampling where the result cannot change. On CUDA: bfloat16 autocast and
+batches moved with non-blocking copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import SliceSet, augment, balanced_epoch, simclr_views
+from .losses import AttentionContrastiveLoss, MultiExitBCELoss, NTXentLoss
+from .networks import EXIT_WEIGHTS, AMECAMNet, MultiExitResNet, brain_region
+
+__all__ = [
+    "AttentionTrainer",
+    "ClassifierTrainer",
+    "SimCLRTrainer",
+    "deletion_scores",
+    "resolve_attention_polarity",
+    "resolve_device",
+    "resolve_exit_polarity",
+    "roc_auc",
+    "set_determinism",
+]
+
+logger = logging.getLogger("amecam.train")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Raises ValueError for unknown or unavailable devices."""
+    if isinstance(name, torch.device):
+        return name
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            msg = f"device must be one of {', '.join(DEVICE_CHOICES)}; {text!r} was asked for but CUDA is not available here"
+            raise ValueError(msg)
+        return torch.device(text)
+    msg = f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}"
+    raise ValueError(msg)
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); nan when one class is missing."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=float)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+#: share of the brain erased by the deletion test
+DELETION_FRACTION = 0.15
+#: at most this many tumour slices decide a polarity
+POLARITY_SLICES = 96
+
+
+@torch.no_grad()
+def deletion_scores(classifier: MultiExitResNet, x: torch.Tensor, maps: torch.Tensor, *, fraction: float = DELETION_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tumour probability after erasing the highest vs the lowest ``fraction`` of brain pixels of a map.
+
+    Args:
+        classifier: judges the erased images with its deepest exit.
+        x: ``(B, C, H, W)`` images.
+        maps: ``(B, H, W)`` maps to test.
+
+    Returns:
+        ``(score_high, score_low)``, each ``(B,)``: the deepest exit's tumour *logit* with the map's
+        high / low region replaced by the slice's median brain intensity (logits, not probabilities,
+        so that a confident classifier's scores do not saturate into a tie).
+    """
+    brain = brain_region(x)[:, 0]
+    erased_high, erased_low = x.clone(), x.clone()
+    for b in range(x.shape[0]):
+        inside = brain[b]
+        values = maps[b][inside]
+        if values.numel() < 2:
+            continue
+        k = max(1, int(fraction * values.numel()))
+        high = inside & (maps[b] >= values.topk(k).values[-1])
+        low = inside & (maps[b] <= (-values).topk(k).values[-1].neg())
+        fill = x[b][:, inside].median(dim=1).values.view(-1, 1)
+        erased_high[b][:, high] = fill.expand(-1, int(high.sum()))
+        erased_low[b][:, low] = fill.expand(-1, int(low.sum()))
+    return classifier(erased_high)[0][:, -1], classifier(erased_low)[0][:, -1]
+
+
+def _polarity_batches(data: SliceSet, batch_size: int):
+    n = min(len(data), POLARITY_SLICES)
+    return data.batches(range(n), batch_size)
+
+
+@torch.no_grad()
+def resolve_exit_polarity(classifier: MultiExitResNet, batches, device: torch.device) -> list[float]:
+    """Orient each exit map so that 1 = tumour, by a deletion test on tumour slices.
+
+    With InstanceNorm every pixel's normalised activation depends on the whole image, so an exit can
+    raise its pooled tumour logit by *lowering* its map on the tumour and raising it everywhere else
+    (the official AME-CAM code flips all maps by hand for this reason). Without masks, the faithful
+    orientation is the one whose tumour region matters to the classifier: erasing the pixels a
+    correctly oriented map ranks highest lowers the tumour logit more than erasing the same number of
+    pixels it ranks lowest. Sets ``classifier.exit_polarity`` and returns it.
+    """
+    classifier.eval()
+    classifier.exit_polarity.fill_(1.0)
+    high, low = [[] for _ in range(4)], [[] for _ in range(4)]
+    for x, _ in batches:
+        x = x.to(device)
+        _, maps = classifier.exit_maps(x)
+        for k in range(maps.shape[1]):
+            p_high, p_low = deletion_scores(classifier, x, maps[:, k])
+            high[k].append(p_high.cpu())
+            low[k].append(p_low.cpu())
+    polarity = []
+    for k in range(4):
+        if not high[k]:
+            polarity.append(1.0)
+            continue
+        mean_high, mean_low = float(torch.cat(high[k]).mean()), float(torch.cat(low[k]).mean())
+        polarity.append(1.0 if mean_high <= mean_low else -1.0)
+        logger.info("exit %d: tumour logit %.2f after erasing its high region, %.2f after its low region -> polarity %+d",
+                    k + 1, mean_high, mean_low, int(polarity[-1]))
+    classifier.exit_polarity.copy_(torch.tensor(polarity))
+    return polarity
+
+
+@torch.no_grad()
+def resolve_attention_polarity(network: AMECAMNet, batches, device: torch.device) -> float:
+    """Orient Mf so that 1 = tumour with the same deletion test as the exits.
+
+    The contrastive losses are symmetric in foreground and background, so training alone cannot
+    tell which side Mf marks. Sets ``network.aggregator.polarity`` and returns it.
+    """
+    network.eval()
+    network.aggregator.polarity.fill_(1.0)
+    high, low = [], []
+    for x, _ in batches:
+        x = x.to(device)
+        _, exits = network.classifier.exit_maps(x)
+        mf = network.aggregator.oriented(network.grey(x), exits)[:, 0]
+        p_high, p_low = deletion_scores(network.classifier, x, mf)
+        high.append(p_high.cpu())
+        low.append(p_low.cpu())
+    mean_high = float(torch.cat(high).mean()) if high else 0.0
+    mean_low = float(torch.cat(low).mean()) if low else 0.0
+    polarity = 1.0 if mean_high <= mean_low else -1.0
+    network.aggregator.polarity.fill_(polarity)
+    logger.info("Mf: tumour logit %.2f after erasing its high region, %.2f after its low region -> polarity %+d",
+                mean_high, mean_low, int(polarity))
+    return polarity
+
+
+def _save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class _Stage:
+    """What the three stages share: device, epochs, checkpoints, resume, progress, summaries."""
+
+    name = "stage"
+
+    def __init__(
+        self,
+        *,
+        dataset_dir: str,
+        output_dir: str,
+        epochs: int,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        resume: bool = False,
+        progress: bool = True,
+        channels_last: bool = True,
+        amp: bool = True,
+        affine_augmentation: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        if int(epochs) < 0:
+            msg = f"epochs must be >= 0, got {epochs}"
+            raise ValueError(msg)
+        if int(batch_size) < 2:
+            msg = f"batch_size must be >= 2, got {batch_size}"
+            raise ValueError(msg)
+        self.dataset_dir = Path(dataset_dir)
+        self.output_dir = Path(output_dir)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.learning_rate = float(learning_rate)
+        self.weight_decay = float(weight_decay)
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.resume = bool(resume)
+        self.progress = bool(progress)
+        self.channels_last = bool(channels_last)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.affine = bool(affine_augmentation)
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.checkpoint_path = self.output_dir / "checkpoints" / f"{self.name}.pt"
+        self.summary_path = self.output_dir / f"{self.name}.json"
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _bar(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="slice", leave=False, disable=None if self.progress else True)
+
+    def _load_checkpoint(self) -> dict | None:
+        if not (self.resume and self.checkpoint_path.exists()):
+            return None
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        logger.info("%s: resuming after epoch %d from %s", self.name, state["epoch"] + 1, self.checkpoint_path)
+        return state
+
+    def _write_summary(self, summary: dict) -> dict:
+        summary = {"stage": self.name, **summary}
+        tmp = self.summary_path.with_name(f".{self.summary_path.name}.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.summary_path)
+        return summary
+
+
+class ClassifierTrainer(_Stage):
+    """Stage 1: train the multi-exit classifier.
+
+    Args:
+        network: a :class:`MultiExitResNet`.
+        exit_weights: BCE weight of each exit.
+        balance: sample as many normal as tumour slices each epoch (a fresh draw every epoch).
+        pretrained: optional encoder weights from stage 0 (loaded non-strictly).
+        other arguments: see ``_Stage``.
+    """
+
+    name = "stage1"
+
+    def __init__(self, network: MultiExitResNet, *, exit_weights=EXIT_WEIGHTS, balance: bool = True, pretrained: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.network = network.to(self.device)
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.loss = MultiExitBCELoss(exit_weights).to(self.device)
+        self.balance = bool(balance)
+        self.pretrained = pretrained
+        self.best_path = self.output_dir / "classifier.pt"
+
+    @torch.no_grad()
+    def validate(self, data: SliceSet) -> dict:
+        """Exit probabilities on ``data``: AUC per exit and the loss."""
+        self.network.eval()
+        logits = []
+        for x, _ in data.batches(range(len(data)), self.batch_size * 2):
+            with self._autocast():
+                logits.append(self.network(self._to_device(x))[0].float().cpu())
+        logits = torch.cat(logits) if logits else torch.zeros(0, 4)
+        labels = torch.from_numpy(data.labels)
+        aucs = [roc_auc(torch.sigmoid(logits[:, k]).numpy(), data.labels) for k in range(logits.shape[1])]
+        loss = float(self.loss(logits, labels)) if len(labels) else math.nan
+        return {"auc": aucs, "loss": loss}
+
+    def run(self) -> dict:
+        set_determinism(self.seed)
+        train, val = SliceSet(self.dataset_dir, "train"), SliceSet(self.dataset_dir, "val")
+        if not (train.labels == 1).any() or not (train.labels == 0).any():
+            msg = f"{self.dataset_dir}: the training split needs both tumour and normal slices, got {int((train.labels == 1).sum())} tumour and {int((train.labels == 0).sum())} normal"
+            raise ValueError(msg)
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        state = self._load_checkpoint()
+        history, best, start = [], {"auc": -1.0, "epoch": -1}, 0
+        if state is not None:
+            self.network.load_state_dict(state["network"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        elif self.pretrained and Path(self.pretrained).exists():
+            missing, _ = self.network.load_state_dict(torch.load(self.pretrained, map_location=self.device), strict=False)
+            logger.info("stage 1: encoder initialised from %s (%d exit tensors trained from scratch)", self.pretrained, len(missing))
+        logger.info(
+            "stage 1: %d train slices (%d tumour), %d val slices, %d epochs, batch %d, device %s",
+            len(train), int((train.labels == 1).sum()), len(val), self.epochs, self.batch_size, self.device,
+        )
+        for epoch in range(start, self.epochs):
+            rng = np.random.default_rng([self.seed, epoch])
+            generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            order = balanced_epoch(train.labels, rng, balance=self.balance)
+            self.network.train()
+            total, seen, started = 0.0, 0, time.perf_counter()
+            with self._bar(len(order), f"stage 1 epoch {epoch + 1}/{self.epochs}") as bar:
+                for x, y in train.batches(order, self.batch_size):
+                    x = self._to_device(augment(x, generator, affine=self.affine))
+                    with self._autocast():
+                        logits, _ = self.network(x)
+                        loss = self.loss(logits.float(), y.to(self.device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(y)
+                    seen += len(y)
+                    bar.update(len(y))
+            elapsed = time.perf_counter() - started
+            scheduler.step()
+            metrics = self.validate(val) if len(val) else {"auc": [math.nan] * 4, "loss": math.nan}
+            score = metrics["auc"][-1]
+            record = {
+                "epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": metrics["loss"],
+                "val_auc": metrics["auc"], "train_slices_per_s": seen / elapsed, "seconds": elapsed,
+            }
+            history.append(record)
+            if math.isnan(score):  # no usable validation: keep the last epoch
+                improved = epoch == self.epochs - 1
+            else:  # higher AUC wins; an AUC tie (it saturates on easy data) goes to the lower validation loss
+                tie = abs(score - best["auc"]) <= 1e-4 and metrics["loss"] < best.get("loss", math.inf)
+                improved = score > best["auc"] + 1e-4 or tie
+            if improved or best["epoch"] < 0:
+                best = {"auc": score if not math.isnan(score) else -1.0, "loss": metrics["loss"], "epoch": epoch + 1}
+                _save(self.network.state_dict(), self.best_path)
+            logger.info(
+                "stage 1 epoch %d/%d: loss %.4f, val AUC per exit %s, %.1f slices/s%s",
+                epoch + 1, self.epochs, record["train_loss"], ", ".join(f"{a:.3f}" for a in metrics["auc"]),
+                record["train_slices_per_s"], " (best)" if best["epoch"] == epoch + 1 else "",
+            )
+            _save({"epoch": epoch, "network": self.network.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+        if self.best_path.exists():
+            self.network.load_state_dict(torch.load(self.best_path, map_location=self.device))
+        tumour = SliceSet(self.dataset_dir, "val" if (val.labels == 1).any() else "train", labels=("tumor",))
+        polarity = resolve_exit_polarity(self.network, _polarity_batches(tumour, self.batch_size), self.device)
+        _save(self.network.state_dict(), self.best_path)
+        return self._write_summary({"best_epoch": best["epoch"], "best_val_auc": best["auc"], "exit_polarity": polarity,
+                                    "history": history, "n_train": len(train), "n_val": len(val)})
+
+
+class AttentionTrainer(_Stage):
+    """Stage 2: freeze the classifier and train the attention aggregator with the contrastive losses.
+
+    Args:
+        network: an :class:`AMECAMNet`; its classifier is loaded from ``classifier_weights``.
+        classifier_weights: stage 1's best classifier (``models/classifier.pt``).
+        other arguments: see ``_Stage``.
+    """
+
+    name = "stage2"
+
+    def __init__(self, network: AMECAMNet, *, classifier_weights: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.network = network.to(self.device)
+        self.classifier_weights = Path(classifier_weights)
+        self.loss = AttentionContrastiveLoss()
+        self.model_path = self.output_dir / "model.pt"
+
+    def _contrastive(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        net = self.network
+        with torch.no_grad():
+            _, exits = net.classifier.exit_maps(x)
+        mf = net.aggregator(net.grey(x), exits)
+        foreground = net.classifier.embed(x * mf)
+        background = net.classifier.embed(x * (1 - mf))
+        return self.loss(foreground.float(), background.float())
+
+    @torch.no_grad()
+    def validate(self, data: SliceSet) -> float:
+        self.network.eval()
+        losses, weights = [], []
+        for x, _ in data.batches(range(len(data)), self.batch_size):
+            if len(x) < 2:
+                continue
+            with self._autocast():
+                losses.append(float(self._contrastive(self._to_device(x))["loss"]))
+            weights.append(len(x))
+        return float(np.average(losses, weights=weights)) if losses else math.nan
+
+    def run(self) -> dict:
+        set_determinism(self.seed)
+        if not self.classifier_weights.exists():
+            msg = f"{self.classifier_weights}: stage 1 weights not found; run stage 1 first"
+            raise FileNotFoundError(msg)
+        self.network.classifier.load_state_dict(torch.load(self.classifier_weights, map_location=self.device))
+        self.network.classifier.requires_grad_(False)
+        self.network.classifier.eval()
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        train = SliceSet(self.dataset_dir, "train", labels=("tumor",))
+        val = SliceSet(self.dataset_dir, "val", labels=("tumor",))
+        if len(train) < 2:
+            msg = f"{self.dataset_dir}: stage 2 needs at least 2 tumour slices in the training split, got {len(train)}"
+            raise ValueError(msg)
+        parameters = list(self.network.aggregator.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        state = self._load_checkpoint()
+        history, best, start = [], {"loss": math.inf, "epoch": -1, "state": None}, 0
+        if state is not None:
+            self.network.aggregator.load_state_dict(state["aggregator"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        logger.info("stage 2: %d train / %d val tumour slices, %d epochs, device %s", len(train), len(val), self.epochs, self.device)
+        for epoch in range(start, self.epochs):
+            rng = np.random.default_rng([self.seed, 100 + epoch])
+            generator = torch.Generator().manual_seed(self.seed * 1000 + 100 + epoch)
+            order = rng.permutation(len(train))
+            if len(order) % self.batch_size == 1:
+                order = order[:-1]  # the losses need pairs
+            self.network.aggregator.train()
+            totals, seen, started = {"ff": 0.0, "fb": 0.0, "bb": 0.0, "loss": 0.0}, 0, time.perf_counter()
+            with self._bar(len(order), f"stage 2 epoch {epoch + 1}/{self.epochs}") as bar:
+                for x, _ in train.batches(order, self.batch_size):
+                    x = self._to_device(augment(x, generator, affine=self.affine))
+                    with self._autocast():
+                        terms = self._contrastive(x)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                    optimizer.step()
+                    for key in totals:
+                        totals[key] += float(terms[key].detach()) * len(x)
+                    seen += len(x)
+                    bar.update(len(x))
+            elapsed = time.perf_counter() - started
+            scheduler.step()
+            val_loss = self.validate(val) if len(val) >= 2 else math.nan
+            record = {"epoch": epoch + 1, **{f"train_{k}": v / max(seen, 1) for k, v in totals.items()},
+                      "val_loss": val_loss, "train_slices_per_s": seen / elapsed, "seconds": elapsed}
+            history.append(record)
+            score = val_loss if not math.isnan(val_loss) else record["train_loss"]
+            if score < best["loss"]:
+                best = {"loss": score, "epoch": epoch + 1,
+                        "state": {k: v.detach().clone() for k, v in self.network.aggregator.state_dict().items()}}
+            logger.info(
+                "stage 2 epoch %d/%d: loss %.4f (ff %.3f, fb %.3f, bb %.3f), val %.4f, %.1f slices/s",
+                epoch + 1, self.epochs, record["train_loss"], record["train_ff"], record["train_fb"], record["train_bb"],
+                val_loss, record["train_slices_per_s"],
+            )
+            _save({"epoch": epoch, "aggregator": self.network.aggregator.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+        if best["state"] is not None:
+            self.network.aggregator.load_state_dict(best["state"])
+        polarity_data = val if len(val) else train
+        polarity = resolve_attention_polarity(self.network, _polarity_batches(polarity_data, self.batch_size), self.device)
+        self.network = self.network.to(memory_format=torch.contiguous_format)
+        _save(self.network.state_dict(), self.model_path)
+        return self._write_summary({"best_epoch": best["epoch"], "best_loss": best["loss"] if best["epoch"] > 0 else None,
+                                    "polarity": polarity, "history": history, "n_train": len(train), "n_val": len(val)})
+
+
+class SimCLRTrainer(_Stage):
+    """Stage 0 (optional): SimCLR pretraining of the encoder on all training slices, labels unused.
+
+    Args:
+        network: a :class:`MultiExitResNet` whose encoder is trained (the exits are not used).
+        temperature: NT-Xent temperature.
+        projection_dim: output size of the projection head.
+    """
+
+    name = "stage0"
+
+    def __init__(self, network: MultiExitResNet, *, temperature: float = 0.2, projection_dim: int = 128, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.network = network.to(self.device)
+        width = self.network.exits[-1].in_channels
+        self.head = nn.Sequential(nn.Linear(width, 256), nn.ReLU(inplace=True), nn.Linear(256, projection_dim)).to(self.device)
+        self.loss = NTXentLoss(temperature)
+        self.encoder_path = self.output_dir / "simclr_encoder.pt"
+
+    def run(self) -> dict:
+        set_determinism(self.seed)
+        data = SliceSet(self.dataset_dir, "train", labels=("tumor", "normal", "ambiguous", "unlabelled"))
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        parameters = list(self.network.parameters()) + list(self.head.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        state = self._load_checkpoint()
+        history, start = [], 0
+        if state is not None:
+            self.network.load_state_dict(state["network"])
+            self.head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, start = state["history"], state["epoch"] + 1
+        logger.info("stage 0 (SimCLR): %d slices, %d epochs, batch %d", len(data), self.epochs, self.batch_size)
+        for epoch in range(start, self.epochs):
+            order = np.random.default_rng([self.seed, 200 + epoch]).permutation(len(data))
+            if len(order) % self.batch_size == 1:
+                order = order[:-1]
+            generator = torch.Generator().manual_seed(self.seed * 1000 + 200 + epoch)
+            self.network.train()
+            total, seen, started = 0.0, 0, time.perf_counter()
+            with self._bar(len(order), f"stage 0 epoch {epoch + 1}/{self.epochs}") as bar:
+                for x, _ in data.batches(order, self.batch_size):
+                    v1, v2 = simclr_views(x, generator)
+                    with self._autocast():
+                        z1 = self.head(self.network.embed(self._to_device(v1)))
+                        z2 = self.head(self.network.embed(self._to_device(v2)))
+                        loss = self.loss(z1.float(), z2.float())
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(x)
+                    seen += len(x)
+                    bar.update(len(x))
+            elapsed = time.perf_counter() - started
+            scheduler.step()
+            history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "slices_per_s": seen / elapsed, "seconds": elapsed})
+            logger.info("stage 0 epoch %d/%d: NT-Xent %.4f", epoch + 1, self.epochs, history[-1]["loss"])
+            _save({"epoch": epoch, "network": self.network.state_dict(), "head": self.head.state_dict(),
+                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history},
+                  self.checkpoint_path)
+        encoder = {k: v for k, v in self.network.state_dict().items() if not k.startswith("exits.")}
+        _save(encoder, self.encoder_path)
+        return self._write_summary({"history": history, "n_slices": len(data)})

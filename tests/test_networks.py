@@ -1,0 +1,159 @@
+"""bundle/scripts/networks.py: the multi-exit classifier, the aggregator and the inference wrapper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from monai.networks.nets.resnet import ResNetBlock
+
+from amecam_bundle.scripts.losses import MultiExitBCELoss
+from amecam_bundle.scripts.networks import AMECAMNet, AttentionAggregator, MultiExitResNet, brain_region, minmax_per_image
+from amecam_bundle.scripts.train import deletion_scores, resolve_attention_polarity, resolve_exit_polarity
+
+
+def test_instance_norm_reaches_every_block_and_shortcut():
+    net = MultiExitResNet(in_channels=2)
+    blocks = [m for m in net.modules() if isinstance(m, ResNetBlock)]
+    assert len(blocks) == 8  # ResNet-18: 2 blocks in each of 4 stages
+    for block in blocks:
+        assert isinstance(block.bn1, nn.InstanceNorm2d) and isinstance(block.bn2, nn.InstanceNorm2d)
+        if block.downsample is not None:
+            assert isinstance(block.downsample[1], nn.InstanceNorm2d)
+    assert isinstance(net.stem[1], nn.InstanceNorm2d)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 1 + 16 + 3
+
+
+def test_every_exit_and_every_stage_receives_gradients():
+    torch.manual_seed(0)
+    net = MultiExitResNet(in_channels=1)
+    logits, maps = net(torch.rand(4, 1, 64, 64))
+    assert logits.shape == (4, 4)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    MultiExitBCELoss()(logits, torch.tensor([0, 1, 0, 1])).backward()
+    for k, head in enumerate(net.exits):
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0, f"exit {k + 1} got no gradient"
+    for k, stage in enumerate(net.stages):
+        grads = [p.grad.abs().sum() for p in stage.parameters() if p.grad is not None]
+        assert grads and sum(grads) > 0, f"stage {k + 1} got no gradient"
+
+
+def test_exit_logit_is_the_mean_of_its_map():
+    net = MultiExitResNet(in_channels=1).eval()
+    logits, maps = net(torch.rand(2, 1, 64, 64))
+    torch.testing.assert_close(logits, torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1))
+
+
+def test_minmax_per_image_is_independent_per_map():
+    maps = torch.stack([torch.arange(4.0).view(2, 2), 10 + 2 * torch.arange(4.0).view(2, 2)])[:, None]
+    out = minmax_per_image(maps)
+    expected = (torch.arange(4.0) / 3).view(2, 2)
+    torch.testing.assert_close(out[0, 0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1, 0], expected, atol=1e-5, rtol=0)
+
+
+def test_inference_network_has_one_output_in_unit_range():
+    net = AMECAMNet(in_channels=3).eval()
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 2, 64, 64)
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.allclose(out[:, 1], out[:, 1, :1, :1].expand(-1, 64, 64))  # probability broadcast
+    assert torch.allclose(out[:, 0].flatten(1).amax(1), torch.ones(2), atol=1e-3)  # min-max: 1 is reached
+    assert torch.allclose(out[:, 0].flatten(1).amin(1), torch.zeros(2), atol=1e-3)
+
+
+def _blob(size=32):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (((yy - 10) ** 2 + (xx - 20) ** 2) < 16).float()
+
+
+def _brain(size=32):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (((yy - 16) ** 2 + (xx - 16) ** 2) < 15**2).float()
+
+
+class _PlantedClassifier(nn.Module):
+    """Says "tumour" exactly when the blob is bright; its raw exit maps are +blob or -blob."""
+
+    def __init__(self, signs):
+        super().__init__()
+        self.blob, self.signs = _blob(), torch.tensor(signs, dtype=torch.float32)
+        self.register_buffer("exit_polarity", torch.ones(4))
+
+    def forward(self, x):
+        brightness = (x[:, 0] * self.blob).sum(dim=(1, 2)) / self.blob.sum()
+        logit = 30 * (brightness - 0.6)
+        return logit[:, None].repeat(1, 4), None
+
+    def exit_maps(self, x):
+        raw = (self.signs.view(1, 4, 1, 1) * self.blob).expand(x.shape[0], -1, -1, -1)
+        oriented = raw * self.exit_polarity.view(1, 4, 1, 1)
+        return self(x)[0], minmax_per_image(oriented, brain_region(x))
+
+
+def _images(n=3):
+    x = (0.4 * _brain() + 0.5 * _blob())[None, None].repeat(n, 1, 1, 1)
+    return x + 0.01 * torch.rand(n, 1, 32, 32) * _brain()
+
+
+def test_exit_polarity_is_resolved_by_the_deletion_test():
+    classifier = _PlantedClassifier([1, -1, 1, -1])
+    x = _images()
+    polarity = resolve_exit_polarity(classifier, [(x, None)], torch.device("cpu"))
+    assert polarity == [1.0, -1.0, 1.0, -1.0]
+    _, maps = classifier.exit_maps(x)
+    blob = _blob() > 0
+    for k in range(4):  # every oriented map now peaks on the blob: 1 = tumour
+        assert maps[0, k][blob].min() > maps[0, k][~blob].max(), k
+
+
+def test_deletion_scores_drop_when_the_tumour_is_erased():
+    classifier = _PlantedClassifier([1, 1, 1, 1])
+    x = _images()
+    score_high, score_low = deletion_scores(classifier, x, _blob().expand(3, -1, -1))
+    assert (score_high < -2).all() and (score_low > 2).all()  # erasing the blob makes the slice look normal
+
+
+@pytest.mark.parametrize(("flip_fourth_exit", "expected"), [(True, -1.0), (False, 1.0)])
+def test_attention_polarity_is_resolved_so_that_1_means_tumour(flip_fourth_exit, expected):
+    net = AMECAMNet(in_channels=1)
+    net.classifier = _PlantedClassifier([1, 1, 1, 1])
+    if flip_fourth_exit:  # the map the aggregator picks marks the background: Mf = 1 - blob
+        net.classifier.exit_polarity[3] = -1.0
+    last = net.aggregator.net[-1]
+    with torch.no_grad():  # make the aggregator pick the fourth map everywhere
+        last.weight.zero_()
+        last.bias.fill_(-20.0)
+        last.bias[3] = 20.0
+    x = _images()
+    polarity = resolve_attention_polarity(net, [(x, None)], torch.device("cpu"))
+    assert polarity == expected and float(net.aggregator.polarity) == expected
+    blob = _blob() > 0
+    oriented = net.aggregator.oriented(net.grey(x), net.classifier.exit_maps(x)[1])[0, 0]
+    assert oriented[blob].min() > oriented[~blob & (_brain() > 0)].max()
+    final = net.all_maps(x)["final"][0, 0]
+    assert final[blob].min() > final[~blob].max()
+
+
+def test_maps_are_zero_outside_the_brain():
+    net = AMECAMNet(in_channels=1).eval()
+    x = torch.rand(2, 1, 64, 64)
+    x[:, :, :10] = 0  # no brain in the first ten rows
+    out = net.all_maps(x)
+    assert out["exits"][:, :, :10].abs().max() == 0 and out["final"][:, :, :10].abs().max() == 0
+    assert out["exits"].amax(dim=(2, 3)).min() > 0.99  # each map still spans [0, 1] inside the brain
+
+
+def test_polarity_survives_a_state_dict_round_trip():
+    net = AMECAMNet(in_channels=1)
+    net.aggregator.polarity.fill_(-1.0)
+    other = AMECAMNet(in_channels=1)
+    other.load_state_dict(net.state_dict())
+    assert float(other.aggregator.polarity) == -1.0
+
+
+def test_aggregator_weights_are_a_softmax_over_maps():
+    agg = AttentionAggregator()
+    w = agg.weights(torch.rand(2, 1, 16, 16), torch.rand(2, 4, 16, 16))
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(2, 16, 16))
