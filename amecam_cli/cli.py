@@ -127,6 +127,415 @@ def slice(  # noqa: A001 - the command is called "slice"
     )
 
 
+@SetParseFns(data_dir=str, output_dir=str, modality=str, device=str, pretrain=str, config=str, pattern=str)
+def train(
+    data_dir: str,
+    output_dir: str | None = None,
+    modality: str | None = None,
+    epochs: int | None = None,
+    attention_epochs: int | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    pretrain: str | None = None,
+    pretrain_epochs: int | None = None,
+    learning_rate: float | None = None,
+    val_fraction: float | None = None,
+    config: str | None = None,
+    pattern: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Train AME-CAM on slice-labelled volumes and write a complete MONAI bundle to --output_dir.
+
+    Example: amecam train --modality flair --data_dir BraTS2021/ --output_dir runs/flair
+
+    Slices the data if needed (into OUTPUT_DIR/slices), runs stage 1 (multi-exit classifier) and stage 2
+    (attention aggregation) through the bundle's configs, and leaves configs, scripts, weights
+    (models/model.pt, models/model.ts), metadata with the training metrics and the case split, a model
+    card and logs/train.log. A checkpoint is written every epoch; --resume continues after an interruption.
+    Unset options come from --config, else the code defaults (shown by the log).
+
+    Args:
+        data_dir: dataset folder, datalist .json, or a slice dataset from amecam slice.
+        output_dir: run folder that becomes the bundle (-o).
+        modality: modality or comma-separated modalities (flair, t1, t1ce, t2); default flair.
+        epochs: stage-1 epochs (default 20).
+        attention_epochs: stage-2 epochs (default 8).
+        image_size: slice side (default 128).
+        batch_size: slices per batch (default 32).
+        device: auto, cpu or cuda (default auto).
+        seed: seed of the split, initialisation and sampling (default 0).
+        pretrain: none or simclr (stage 0, default none).
+        pretrain_epochs: SimCLR epochs (default 10).
+        learning_rate: stage-1 Adam learning rate (default 0.001).
+        val_fraction: share of cases for validation (default 0.2).
+        config: YAML/JSON file of settings (any of the options above).
+        pattern: naming pattern of the data, see amecam slice.
+        resume: continue the interrupted run in --output_dir with its saved settings.
+        overwrite: start again in a non-empty --output_dir.
+    """
+    from .training import train_bundle
+
+    if output_dir is None:
+        raise AmecamError("train needs --output_dir RUN")
+    given = {
+        "modalities": modality, "epochs": epochs, "attention_epochs": attention_epochs, "image_size": image_size,
+        "batch_size": batch_size, "device": device, "seed": seed, "pretrain": pretrain, "pretrain_epochs": pretrain_epochs,
+        "learning_rate": None if learning_rate is None else _float(learning_rate, "learning_rate"),
+        "val_fraction": None if val_fraction is None else _float(val_fraction, "val_fraction"),
+    }
+    for name in ("epochs", "attention_epochs", "image_size", "batch_size", "seed", "pretrain_epochs"):
+        if given[name] is not None:
+            given[name] = _int(given[name], name)
+    result = train_bundle(
+        _path(data_dir, "data_dir"), _path(output_dir, "output_dir"), settings=given,
+        config=_path(config, "config") if config else None, pattern=pattern, resume=bool(resume), overwrite=bool(overwrite),
+    )
+    logger.info("trained bundle: %s", result["bundle"])
+
+
+@SetParseFns(volume=str, output=str, bundle=str, save_cam=str, device=str, modality=str, pattern=str)
+def infer(
+    volume: str,
+    output: str | None = None,
+    bundle: str | None = None,
+    threshold: float = 0.5,
+    crf: bool = False,
+    save_cam: str | None = None,
+    modality: str | None = None,
+    min_size: int = 0,
+    device: str = "auto",
+    batch_size: int = 64,
+    pattern: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Segment a volume (or many) with a trained bundle; the mask keeps the input's grid and format.
+
+    Example: amecam infer patient_flair.nii.gz -o patient_mask.nii.gz --bundle runs/flair
+
+    Args:
+        volume: a volume file (NIfTI, NRRD, MHA) or DICOM series folder; a case folder; or a dataset folder / datalist .json.
+        output: mask file (-o); a folder when VOLUME holds several cases.
+        bundle: trained bundle folder or exported .zip.
+        threshold: map value from which a pixel is tumour (default 0.5).
+        crf: refine with DenseCRF around the candidate tumour.
+        save_cam: also write the float32 tumour map here (a folder for several cases).
+        modality: the modality of the input if its file name says otherwise; must be one the bundle was trained on.
+        min_size: drop 3-D islands smaller than this many voxels (default 0: keep all).
+        device: auto, cpu or cuda.
+        batch_size: slices per forward pass.
+        pattern: naming pattern for a dataset folder, see amecam slice.
+        overwrite: replace existing outputs.
+    """
+    from .inference import run_inference
+
+    if output is None:
+        raise AmecamError("infer needs an output: -o MASK")
+    if bundle is None:
+        raise AmecamError("infer needs --bundle RUN (a trained bundle folder or .zip)")
+    results = run_inference(
+        _path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), modality=modality,
+        threshold=_float(threshold, "threshold"), crf=bool(crf), save_cam=_path(save_cam, "save_cam") if save_cam else None,
+        device=str(device), min_size=_int(min_size, "min_size", minimum=0), batch_size=_int(batch_size, "batch_size", minimum=1),
+        pattern=pattern, overwrite=bool(overwrite),
+    )
+    logger.info("wrote %d mask(s)", len(results))
+
+
+@SetParseFns(run=str, output=str)
+def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
+    """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
+
+    Example: amecam export runs/flair -o amecam_flair_v0.1.0.zip
+
+    Args:
+        run: trained bundle folder.
+        output: zip to write (-o); default <name>_v<version>.zip beside the folder.
+        overwrite: replace an existing zip.
+    """
+    from .bundle import export_bundle
+
+    path = export_bundle(_path(run, "run"), _path(output, "output") if output else None, overwrite=bool(overwrite))
+    logger.info("wrote %s", path)
+    print(path)
+
+
+@SetParseFns(bundle=str, device=str)
+def verify(bundle: str, device: str = "cpu") -> None:
+    """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
+
+    Example: amecam verify amecam_flair_v0.1.0.zip
+
+    Args:
+        bundle: bundle folder or zip.
+        device: cpu or cuda.
+    """
+    from .bundle import verify_bundle
+
+    rows = verify_bundle(_path(bundle, "bundle"), device=str(device))
+    width = max(len(r[0]) for r in rows)
+    for name, passed, detail in rows:
+        print(f"{'PASS' if passed else 'FAIL'}  {name.ljust(width)}  {detail}")
+    failed = [r[0] for r in rows if not r[1]]
+    if failed:
+        raise AmecamError(f"{bundle}: {len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+@SetParseFns(volume=str, output=str, bundle=str, method=str, png_dir=str, modality=str, device=str)
+def cam(
+    volume: str,
+    output: str | None = None,
+    bundle: str | None = None,
+    method: str = "amecam",
+    png_dir: str | None = None,
+    modality: str | None = None,
+    stage: int = 4,
+    budget: int = 64,
+    batch_size: int = 32,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> None:
+    """Export one method's tumour map for a volume: float32 in [0, 1] (1 = most tumour-like), input geometry.
+
+    Example: amecam cam patient_flair.nii.gz -o cam.nii.gz --bundle runs/flair --method gradcam --png_dir pngs/
+
+    Args:
+        volume: a volume file or DICOM folder, or one case folder.
+        output: map file (-o).
+        bundle: trained AME-CAM bundle folder or zip.
+        method: amecam, exit1..exit4, mean_exits, attention, cam, gradcam, gradcampp, layercam, scorecam, hirescam.
+        png_dir: also write a PNG montage of the map over the image here.
+        modality: the input's modality if its file name says otherwise.
+        stage: target stage (1-4) of the gradient baselines (default 4, the last).
+        budget: channels ScoreCAM scores per slice (its cost bound).
+        batch_size: slices per forward pass.
+        device: auto, cpu or cuda.
+        overwrite: replace an existing output.
+    """
+    from .maps import export_cam
+
+    if output is None or bundle is None:
+        raise AmecamError("cam needs -o MAP and --bundle RUN")
+    export_cam(_path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), method=str(method),
+               png_dir=_path(png_dir, "png_dir") if png_dir else None, modality=modality, stage=_int(stage, "stage"),
+               budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1),
+               device=str(device), overwrite=bool(overwrite))
+
+
+@SetParseFns(image=str, cam=str, output=str)
+def crf(
+    image: str,
+    cam: str,
+    output: str | None = None,
+    threshold: float = 0.5,
+    gaussian_sxy: float = 3.0,
+    gaussian_compat: float = 3.0,
+    bilateral_sxy: float = 10.0,
+    bilateral_srgb: float = 13.0,
+    bilateral_compat: float = 10.0,
+    iterations: int = 10,
+    margin: int = 16,
+    full_slices: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Refine a tumour map into a mask with DenseCRF (pydensecrf2), around the candidate tumour only.
+
+    Example: amecam crf patient_flair.nii.gz cam.nii.gz -o mask_crf.nii.gz
+
+    Runs on the slices where the map reaches --threshold, on a box around that candidate plus --margin
+    pixels, so a whole volume takes seconds.
+
+    Args:
+        image: the image the map was computed on.
+        cam: a map in [0, 1] on the image's grid (e.g. from amecam cam or amecam infer --save_cam).
+        output: mask to write (-o), uint8.
+        threshold: map value that makes a candidate.
+        gaussian_sxy: smoothness kernel width (pixels).
+        gaussian_compat: smoothness kernel weight.
+        bilateral_sxy: appearance kernel width (pixels).
+        bilateral_srgb: appearance kernel intensity width (0-255 scale).
+        bilateral_compat: appearance kernel weight.
+        iterations: mean-field iterations.
+        margin: pixels around the candidate's box that the CRF may claim.
+        full_slices: run on whole slices instead of the box (slower; for comparison).
+        overwrite: replace an existing output.
+    """
+    from .maps import refine_with_crf
+
+    if output is None:
+        raise AmecamError("crf needs an output: -o MASK")
+    refine_with_crf(_path(image, "image"), _path(cam, "cam"), _path(output, "output"), threshold=_float(threshold, "threshold"),
+                    gaussian_sxy=_float(gaussian_sxy, "gaussian_sxy"), gaussian_compat=_float(gaussian_compat, "gaussian_compat"),
+                    bilateral_sxy=_float(bilateral_sxy, "bilateral_sxy"), bilateral_srgb=_float(bilateral_srgb, "bilateral_srgb"),
+                    bilateral_compat=_float(bilateral_compat, "bilateral_compat"), iterations=_int(iterations, "iterations", minimum=1),
+                    margin=_int(margin, "margin", minimum=0), full_slices=bool(full_slices), overwrite=bool(overwrite))
+
+
+@SetParseFns(data_dir=str, bundle=str, output=str, methods=str, device=str, pattern=str, extra_bundles=str)
+def evaluate(
+    data_dir: str,
+    bundle: str | None = None,
+    output: str | None = None,
+    methods: str = "all",
+    extra_bundles: str | None = None,
+    crf: bool = False,
+    threshold: float = 0.5,
+    stage: int = 4,
+    budget: int = 64,
+    batch_size: int = 32,
+    device: str = "auto",
+    pattern: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Score every method on cases with expert masks; write a Table-1 style report.
+
+    Example: amecam evaluate --data_dir test_cases/ --bundle runs/flair -o report/ --methods all --crf
+
+    Writes report.json, report.md, per_slice.csv, dice_boxplot.png and qualitative.png. Slice level: every
+    tumour slice (> 1% of the slice), no discard list; volume level: 3-D per case with classifier gating.
+
+    Args:
+        data_dir: dataset folder or datalist .json with segmentations.
+        bundle: trained AME-CAM bundle folder or zip.
+        output: report folder (-o).
+        methods: all, or a comma-separated list of amecam, exit1..exit4, mean_exits, attention, cam, gradcam, gradcampp, layercam, scorecam, hirescam.
+        extra_bundles: comma-separated segmentation bundles (amecam train-seg) to score as rows of their own.
+        crf: also score every method after DenseCRF.
+        threshold: map value from which a pixel is tumour (every method).
+        stage: target stage (1-4) of the gradient baselines.
+        budget: channels ScoreCAM scores per slice.
+        batch_size: slices per forward pass.
+        device: auto, cpu or cuda.
+        pattern: naming pattern of the data, see amecam slice.
+        overwrite: replace an existing report.
+    """
+    import shlex
+
+    from .cams import validate_methods
+    from .evaluation import EvaluationOptions, evaluate as run_evaluation
+
+    if bundle is None or output is None:
+        raise AmecamError("evaluate needs --bundle RUN and -o REPORT_DIR")
+    options = EvaluationOptions(
+        methods=validate_methods(methods), threshold=_float(threshold, "threshold"), crf=bool(crf), stage=_int(stage, "stage"),
+        budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1), device=str(device),
+    )
+    extra = [_path(p.strip(), "extra_bundles") for p in str(extra_bundles).split(",") if p.strip()] if extra_bundles else []
+    report = run_evaluation(_path(data_dir, "data_dir"), _path(bundle, "bundle"), _path(output, "output"), options,
+                            pattern=pattern, overwrite=bool(overwrite), command="amecam " + shlex.join(sys.argv[1:]),
+                            extra_bundles=extra)
+    from .evaluation import table_markdown
+
+    print(table_markdown(report))
+
+
+@SetParseFns(bundle=str, data_dir=str, output_dir=str, device=str, pattern=str)
+def train_seg(
+    bundle: str | None = None,
+    data_dir: str | None = None,
+    output_dir: str | None = None,
+    epochs: int = 20,
+    image_size: int | None = None,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    device: str = "auto",
+    seed: int | None = None,
+    supervised: bool = False,
+    crf: bool = False,
+    uncertainty_margin: float = 0.1,
+    uncertainty_weight: float = 0.2,
+    pattern: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Train a U-Net on AME-CAM pseudo-labels and write it as a bundle (amecam infer/evaluate take it).
+
+    Example: amecam train-seg --bundle runs/flair --data_dir BraTS2021/ --output_dir runs/flair_unet
+
+    Tumour slices get the AME-CAM mask as label (optionally refined by DenseCRF), normal slices an empty
+    mask; pixels near the threshold are down-weighted. The case split is the AME-CAM run's. With
+    --supervised the expert masks are used instead: the fully supervised upper bound (marked as such).
+
+    Args:
+        bundle: the trained AME-CAM bundle (folder or zip) that makes the pseudo-labels.
+        data_dir: dataset folder, datalist .json or slice dataset (the AME-CAM training data).
+        output_dir: run folder that becomes the segmentation bundle (-o).
+        epochs: training epochs (default 20).
+        image_size: slice side (default: the AME-CAM bundle's).
+        batch_size: slices per batch.
+        learning_rate: Adam learning rate.
+        device: auto, cpu or cuda.
+        seed: seed (default: the AME-CAM run's, which keeps its case split).
+        supervised: train on the expert masks instead (fully supervised upper bound).
+        crf: refine the pseudo-labels with DenseCRF.
+        uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain.
+        uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting).
+        pattern: naming pattern of the data, see amecam slice.
+        resume: continue an interrupted run in --output_dir.
+        overwrite: start again in a non-empty --output_dir.
+    """
+    from .segmentation import train_segmentation
+
+    if bundle is None or data_dir is None or output_dir is None:
+        raise AmecamError("train-seg needs --bundle RUN, --data_dir DIR and --output_dir SEGRUN")
+    train_segmentation(
+        _path(bundle, "bundle"), _path(data_dir, "data_dir"), _path(output_dir, "output_dir"), epochs=_int(epochs, "epochs", minimum=1),
+        image_size=None if image_size is None else _int(image_size, "image_size"), batch_size=_int(batch_size, "batch_size", minimum=2),
+        learning_rate=_float(learning_rate, "learning_rate"), device=str(device), seed=None if seed is None else _int(seed, "seed"),
+        supervised=bool(supervised), crf=bool(crf), uncertainty_margin=_float(uncertainty_margin, "uncertainty_margin"),
+        uncertainty_weight=_float(uncertainty_weight, "uncertainty_weight"), pattern=pattern, resume=bool(resume), overwrite=bool(overwrite),
+    )
+
+
+@SetParseFns(volume=str, output=str, bundle=str, method=str, pixels=str, layer=str, png_dir=str, modality=str, device=str)
+def explain(
+    volume: str,
+    output: str | None = None,
+    bundle: str | None = None,
+    method: str = "seg-gradcam",
+    pixels: str = "predicted",
+    layer: str | None = None,
+    class_index: int = 1,
+    png_dir: str | None = None,
+    modality: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> None:
+    """Explain a segmentation bundle's output with Seg-Grad-CAM or Seg-HiRes-Grad-CAM (map in the input's geometry).
+
+    Example: amecam explain patient_flair.nii.gz --bundle runs/flair_unet -o why.nii.gz --pixels point:120,96,70
+
+    The sum of the class logits over the chosen pixels is back-propagated to --layer; seg-gradcam weights
+    each activation channel by its mean gradient, seg-hirescam multiplies gradient and activation
+    element-wise. 1 = most influential.
+
+    Args:
+        volume: a volume file or DICOM folder, or one case folder.
+        output: map file (-o), float32.
+        bundle: a segmentation bundle (e.g. from amecam train-seg), folder or zip.
+        method: seg-gradcam or seg-hirescam.
+        pixels: predicted, image, or point:X,Y,Z (voxel indices of the input file).
+        layer: target layer (default: the network's coarsest feature map; a wrong name lists the choices).
+        class_index: output channel to explain (1 = tumour for amecam's U-Net).
+        png_dir: also write a PNG montage here.
+        modality: the input's modality if its file name says otherwise.
+        batch_size: slices per backward pass.
+        device: auto, cpu or cuda.
+        overwrite: replace an existing output.
+    """
+    from .explain import explain_volume
+
+    if output is None or bundle is None:
+        raise AmecamError("explain needs -o MAP and --bundle SEGRUN")
+    explain_volume(_path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), method=str(method), pixels=str(pixels),
+                   layer=None if layer is None else str(layer), class_index=_int(class_index, "class_index", minimum=0),
+                   png_dir=_path(png_dir, "png_dir") if png_dir else None, modality=modality, batch_size=_int(batch_size, "batch_size", minimum=1),
+                   device=str(device), overwrite=bool(overwrite))
+
+
 @SetParseFns(output=str)
 def demo(output: str = "demo_output", n_cases: int = 8, seed: int = 0) -> None:
     """Run the main job end to end on a synthetic cohort (no download needed).
@@ -150,6 +559,15 @@ def _commands() -> dict:
     return {
         "synth": synth,
         "slice": slice,
+        "train": train,
+        "infer": infer,
+        "export": export,
+        "verify": verify,
+        "cam": cam,
+        "crf": crf,
+        "evaluate": evaluate,
+        "train-seg": train_seg,
+        "explain": explain,
         "demo": demo,
     }
 
@@ -168,13 +586,18 @@ def _configure_logging(debug: bool) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module="monai")
 
 
-def _translate_short_flags(argv: list[str]) -> list[str]:
+def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
+    """``-o`` is short for the command's output option (``--output``, or ``--output_dir`` for train)."""
+    target = "--output"
+    if argv and argv[0] in commands:
+        params = inspect.signature(commands[argv[0]]).parameters
+        target = "--output" if "output" in params else "--output_dir" if "output_dir" in params else "--output"
     out = []
     for token in argv:
         if token == "-o":
-            out.append("--output")
+            out.append(target)
         elif token.startswith("-o="):
-            out.append("--output=" + token[3:])
+            out.append(f"{target}={token[3:]}")
         else:
             out.append(token)
     return out
@@ -229,8 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amecam {__version__}")
         return 0
     _configure_logging(debug)
-    argv = _translate_short_flags(argv)
     commands = _commands()
+    argv = _translate_short_flags(argv, commands)
     try:
         _check_arguments(commands, argv)
         fire.Fire(commands, command=argv, name="amecam")

@@ -72,3 +72,19 @@ def synth_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
     synthesize_cohort(out, n_cases=2, seed=7, progress=False)
     return out
+
+
+TINY_SETTINGS = {"epochs": 2, "attention_epochs": 1, "image_size": 64, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A bundle trained briefly on six tiny flair cases (shared by the bundle, inference and CLI tests)."""
+    from amecam_cli.training import train_bundle
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "data"
+    for i in range(6):
+        write_brats_case(data, f"CASE_{i:02d}", modalities=("flair",), seed=i)
+    train_bundle(data, root / "run", settings=dict(TINY_SETTINGS), progress=False)
+    return root / "run"

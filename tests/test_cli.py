@@ -18,18 +18,28 @@ def run(capsys, *argv):
     return code, out, err
 
 
+COMMANDS = ("synth", "slice", "train", "infer", "export", "verify", "cam", "crf", "evaluate", "demo")
+
+
 def test_help_lists_every_command(capsys):
     code, out, err = run(capsys, "--help")
     assert code == 0
-    for command in ("synth", "slice"):
-        assert command in out + err
+    for command in COMMANDS:
+        assert f"\n     {command}\n" in out + err, command
 
 
-@pytest.mark.parametrize("command", ["synth", "slice"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_documents_its_arguments(capsys, command):
+    import inspect
+
+    from amecam_cli.cli import _commands
+
     code, out, err = run(capsys, command, "--help")
     text = out + err
-    assert code == 0 and "--overwrite" in text and "Example: amecam" in text
+    assert code == 0 and "Example: amecam" in text
+    for name in inspect.signature(_commands()[command]).parameters:
+        assert name.upper() in text or f"--{name}" in text, (command, name)
+    assert "Type: " in text and "Default: " in text
 
 
 def test_version(capsys):
@@ -104,3 +114,78 @@ def test_2d_image_in_a_dataset(capsys, tmp_path):
     save_nifti(tmp_path / "d" / "X" / "X_seg.nii.gz", np.zeros((20, 20), np.uint8))
     code, _, err = run(capsys, "slice", str(tmp_path / "d"), "-o", str(tmp_path / "o"))
     assert code == 2 and "X_flair.nii.gz: volume is 2-D (shape 20x20)" in err
+
+
+# ---- commands around a trained bundle ---------------------------------------------------------------
+
+def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
+    import nibabel as nib
+    import numpy as np
+
+    from .conftest import planted_case
+
+    image, _ = planted_case(seed=2)
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image.astype(np.int16))
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle),
+                       "--save_cam", str(tmp_path / "c.nii.gz"), "--device", "cpu")
+    assert code == 0, err
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle))
+    assert code == 2 and "already exists (pass --overwrite" in err
+    code, _, err = run(capsys, "cam", str(src), "-o", str(tmp_path / "g.nii.gz"), "--bundle", str(tiny_bundle),
+                       "--method", "gradcam", "--png_dir", str(tmp_path / "png"), "--device", "cpu")
+    assert code == 0, err
+    heat = np.asanyarray(nib.load(str(tmp_path / "g.nii.gz")).dataobj)
+    assert heat.dtype == np.float32 and heat.shape == image.shape and 0 <= heat.min() and heat.max() <= 1
+    assert (tmp_path / "png" / "p_flair_gradcam.png").is_file()
+    code, _, err = run(capsys, "cam", str(src), "-o", str(tmp_path / "x.nii.gz"), "--bundle", str(tiny_bundle), "--method", "gradcam2")
+    assert code == 2 and "--method must be one of amecam, exit1" in err
+    code, _, err = run(capsys, "crf", str(src), str(tmp_path / "c.nii.gz"), "-o", str(tmp_path / "crf.nii.gz"), "--threshold", "0.3")
+    assert code == 0, err
+    assert np.asanyarray(nib.load(str(tmp_path / "crf.nii.gz")).dataobj).dtype == np.uint8
+    code, out, err = run(capsys, "export", str(tiny_bundle), "-o", str(tmp_path / "b_v0.1.0.zip"))
+    assert code == 0, err
+    code, out, err = run(capsys, "verify", str(tmp_path / "b_v0.1.0.zip"))
+    assert code == 0, err + out
+    assert out.count("PASS") >= 4 and "FAIL" not in out
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "z.nii.gz"), "--bundle", str(tmp_path / "b_v0.1.0.zip"))
+    assert code == 0, err
+
+
+def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset):
+    import json
+
+    code, out, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"),
+                         "--methods", "amecam,gradcam,scorecam,exit1", "--crf", "--budget", "4", "--device", "cpu")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["modality"] == "flair" and report["n_cases"] == 6 and report["n_slices"] > 0
+    assert set(report["methods"]) == {"amecam", "gradcam", "scorecam", "exit1", "amecam+crf", "gradcam+crf", "scorecam+crf", "exit1+crf"}
+    for row in report["methods"].values():
+        for level in ("slice", "volume"):
+            assert {"dice", "dice_std", "iou", "hd95"} <= set(row[level])
+            assert 0 <= row[level]["dice"] <= 1
+    assert report["scorecam"]["forward_passes"] > 0
+    for name in ("report.md", "per_slice.csv", "dice_boxplot.png", "qualitative.png"):
+        assert (tmp_path / "r" / name).is_file()
+    assert "| Grad-CAM |" in (tmp_path / "r" / "report.md").read_text() and "| Grad-CAM |" in out
+    code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"))
+    assert code == 2 and "report folder is not empty" in err
+    code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),
+                       "--methods", "gradcam,best")
+    assert code == 2 and "--method must be one of" in err
+
+
+def test_train_command_and_resume_flag(capsys, tmp_path, tiny_dataset):
+    args = ["train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "run"), "--epochs", "1", "--attention_epochs", "1",
+            "--image_size", "64", "--batch_size", "4", "--device", "cpu"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert (tmp_path / "run" / "models" / "model.ts").is_file()
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "pass --resume to continue that run or --overwrite" in err
+    code, _, err = run(capsys, *args, "--resume")
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "r2"), "--image_size", "50")
+    assert code == 2 and "--image_size must be a multiple of 32 and >= 64" in err
+    code, _, err = run(capsys, "train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "r3"), "--device", "tpu")
+    assert code == 2 and "--device must be one of auto, cpu, cuda" in err

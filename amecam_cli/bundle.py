@@ -1,0 +1,347 @@
+"""Bundles on disk: the packaged template, opening a trained bundle (folder or zip), export, verify.
+
+A trained bundle carries its own code (``scripts/``), so it is always run with that code, never with
+the toolkit's newer template: :func:`open_bundle` imports the bundle's ``scripts`` package under a
+name unique to that folder, which also lets one process hold several bundles (AME-CAM and its
+pseudo-label U-Net) side by side. Zips are unpacked into a cache folder keyed by their hash, and
+every entry is checked first: absolute paths, ``..`` components and links are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any
+
+from .errors import AmecamError
+
+__all__ = [
+    "LoadedBundle",
+    "REQUIRED_METADATA",
+    "bundle_template",
+    "copy_template",
+    "export_bundle",
+    "instantiate_network",
+    "open_bundle",
+    "read_metadata",
+    "verify_bundle",
+    "write_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+#: fields a Model Zoo metadata.json must have (meta_schema_20240725)
+REQUIRED_METADATA = (
+    "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+    "required_packages_version", "name", "task", "description", "authors", "copyright", "data_source",
+    "data_type", "image_classes", "label_classes", "pred_classes", "eval_metrics", "intended_use",
+    "references", "network_data_format",
+)
+#: what a bundle folder holds that is shared (checkpoints, slices and logs stay out of exports)
+EXPORTED = ("configs", "scripts", "docs", "LICENSE", "models/model.pt", "models/model.ts")
+
+
+def bundle_template() -> Path:
+    """Folder of the bundle template installed with the toolkit (``amecam_bundle``)."""
+    import amecam_bundle
+
+    return Path(amecam_bundle.__file__).resolve().parent
+
+
+def copy_template(destination: Path) -> None:
+    """Copy the template's configs, scripts, docs and LICENSE into ``destination``."""
+    source = bundle_template()
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("configs", "scripts", "docs"):
+        target = destination / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(source / "LICENSE", destination / "LICENSE")
+
+
+def read_metadata(root: Path) -> dict:
+    path = root / "configs" / "metadata.json"
+    if not path.is_file():
+        raise AmecamError(f"{root}: not a bundle (no configs/metadata.json)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AmecamError(f"{path}: cannot read ({exc})") from exc
+
+
+def write_metadata(root: Path, metadata: dict) -> None:
+    path = root / "configs" / "metadata.json"
+    tmp = path.with_name(".metadata.json.tmp")
+    tmp.write_text(json.dumps(metadata, indent=4) + "\n")
+    os.replace(tmp, path)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("AMECAM_CACHE", Path.home() / ".cache" / "amecam"))
+
+
+def _safe_extract(archive: Path, target: Path) -> None:
+    """Unpack ``archive`` into ``target``, refusing any entry that would land outside it."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                name = PurePosixPath(info.filename)
+                mode = info.external_attr >> 16
+                if name.is_absolute() or ".." in name.parts or info.filename.startswith(("/", "\\")) or ":" in name.parts[0]:
+                    raise AmecamError(f"{archive}: refusing entry {info.filename!r} (it points outside the bundle)")
+                if stat.S_ISLNK(mode):
+                    raise AmecamError(f"{archive}: refusing entry {info.filename!r} (symbolic link)")
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            for info in members:
+                destination = (partial / info.filename).resolve()
+                if not str(destination).startswith(str(partial.resolve()) + os.sep) and destination != partial.resolve():
+                    raise AmecamError(f"{archive}: refusing entry {info.filename!r} (it points outside the bundle)")
+                zf.extract(info, partial)
+    except zipfile.BadZipFile as exc:
+        raise AmecamError(f"{archive}: not a valid zip file ({exc})") from exc
+    entries = [p for p in partial.iterdir()]
+    root = entries[0] if len(entries) == 1 and entries[0].is_dir() and not (partial / "configs").exists() else partial
+    if root != partial:  # zip holds one top folder: use it as the bundle root
+        root.rename(target)
+        shutil.rmtree(partial)
+    else:
+        partial.rename(target)
+
+
+def _unpack(archive: Path) -> Path:
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    target = _cache_root() / "bundles" / f"{archive.stem}-{digest}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _safe_extract(archive, target)
+    return target
+
+
+def _import_scripts(root: Path) -> ModuleType:
+    """Import ``root/scripts`` as a package private to this bundle folder."""
+    init = root / "scripts" / "__init__.py"
+    if not init.is_file():
+        raise AmecamError(f"{root}: bundle has no scripts/__init__.py")
+    name = "amecam_bundle_" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _submodule(package: ModuleType, name: str) -> ModuleType:
+    return importlib.import_module(f"{package.__name__}.{name}")
+
+
+@dataclass
+class LoadedBundle:
+    """A trained bundle ready to run.
+
+    Attributes:
+        root: bundle folder (the unpacked cache folder for a zip).
+        metadata: ``configs/metadata.json``.
+        scripts: the bundle's own ``scripts`` package.
+        network: the inference network with weights loaded, in eval mode, on ``device``.
+        modalities: input channels, in order.
+        image_size: slice side the network expects.
+        kind: ``amecam`` or ``segmentation`` (a pseudo-label U-Net bundle).
+    """
+
+    root: Path
+    metadata: dict
+    scripts: ModuleType
+    network: Any
+    modalities: tuple[str, ...]
+    image_size: int
+    kind: str
+
+    def module(self, name: str) -> ModuleType:
+        """A module of the bundle's own scripts, e.g. ``bundle.module("inference")``."""
+        return _submodule(self.scripts, name)
+
+    def predictor(self, **kwargs) -> Any:
+        """A ``VolumePredictor`` of this bundle's own code around its network."""
+        return self.module("inference").VolumePredictor(self.network, image_size=self.image_size, **kwargs)
+
+
+def instantiate_network(root: Path, config: str = "inference.yaml", net_id: str = "network_def") -> Any:
+    """Build ``net_id`` of a bundle config with MONAI's ConfigParser, with the bundle's own scripts."""
+    from monai.bundle import ConfigParser
+
+    config_path = root / "configs" / config
+    if not config_path.is_file():
+        raise AmecamError(f"{root}: bundle has no configs/{config}")
+    parser = ConfigParser()
+    parser.read_config(str(config_path))
+    parser.read_meta(str(root / "configs" / "metadata.json"))
+    _purge_scripts_modules()
+    sys.path.insert(0, str(root))
+    try:
+        return parser.get_parsed_content(net_id)
+    except Exception as exc:
+        raise AmecamError(f"{config_path}: cannot build {net_id} ({str(exc).splitlines()[0][:200]})") from exc
+    finally:
+        sys.path.remove(str(root))
+        _purge_scripts_modules()
+
+
+def resolve_bundle_path(path: str | os.PathLike) -> Path:
+    """Folder of a bundle given as a folder or a ``.zip``."""
+    path = Path(path)
+    if not path.exists():
+        raise AmecamError(f"{path}: no such bundle folder or zip")
+    if path.is_file():
+        if path.suffix.lower() != ".zip":
+            raise AmecamError(f"{path}: a bundle is a folder or a .zip, got a {path.suffix or 'plain'} file")
+        return _unpack(path)
+    return path
+
+
+def open_bundle(path: str | os.PathLike, *, device: str = "auto") -> LoadedBundle:
+    """Open a trained bundle (folder or zip) and load its network.
+
+    Raises:
+        AmecamError: not a bundle, no weights (``models/model.pt``), or weights that do not fit.
+    """
+    import torch
+
+    root = resolve_bundle_path(path)
+    metadata = read_metadata(root)
+    weights = root / "models" / "model.pt"
+    if not weights.is_file():
+        raise AmecamError(f"{path}: bundle has no weights (models/model.pt); train it first with amecam train")
+    scripts = _import_scripts(root)
+    fmt = metadata["network_data_format"]["inputs"]["image"]
+    channel_def = fmt.get("channel_def", {})
+    modalities = tuple(channel_def[str(i)] for i in range(int(fmt["num_channels"])))
+    image_size = int(fmt["spatial_shape"][0])
+    training = metadata.get("amecam_training", {})
+    kind = training.get("kind", "amecam")
+    train = _submodule(scripts, "train")
+    try:
+        torch_device = train.resolve_device(device)
+    except ValueError as exc:
+        raise AmecamError(f"--device: {exc}") from exc
+    network = instantiate_network(root)
+    try:
+        state = torch.load(weights, map_location=torch_device, weights_only=True)
+        network.load_state_dict(state)
+    except Exception as exc:  # corrupt file or another architecture
+        raise AmecamError(f"{weights}: cannot load the weights into the bundle's network ({str(exc).splitlines()[0][:160]})") from exc
+    network.to(torch_device).eval()
+    return LoadedBundle(root=root, metadata=metadata, scripts=scripts, network=network, modalities=modalities,
+                        image_size=image_size, kind=kind)
+
+
+def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:
+    """Zip the shareable part of a trained bundle (configs, scripts, docs, weights, TorchScript, LICENSE).
+
+    The default name is ``<name>_v<version>.zip`` beside the bundle folder.
+    """
+    root = resolve_bundle_path(run)
+    metadata = read_metadata(root)
+    if not (root / "models" / "model.pt").is_file():
+        raise AmecamError(f"{run}: bundle has no weights (models/model.pt); nothing to export")
+    slug = "".join(c if c.isalnum() else "_" for c in str(metadata.get("bundle_name", root.name))).strip("_") or "amecam"
+    output = Path(output) if output else Path(run).resolve().parent / f"{slug}_v{metadata['version']}.zip"
+    if output.suffix.lower() != ".zip":
+        raise AmecamError(f"{output}: the export must be a .zip file")
+    if output.exists() and not overwrite:
+        raise AmecamError(f"{output}: already exists (pass --overwrite to replace it)")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AmecamError(f"{output}: cannot create folder ({exc.strerror})") from exc
+    top = output.stem
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in EXPORTED:
+                source = root / name
+                if source.is_dir():
+                    for file in sorted(source.rglob("*")):
+                        if file.is_file() and "__pycache__" not in file.parts:
+                            zf.write(file, f"{top}/{file.relative_to(root).as_posix()}")
+                elif source.is_file():
+                    zf.write(source, f"{top}/{name}")
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AmecamError(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    return output
+
+
+def verify_bundle(path: str | os.PathLike, *, device: str = "cpu") -> list[tuple[str, bool, str]]:
+    """Check a bundle offline; returns ``(check, passed, detail)`` rows.
+
+    Checks: required metadata fields; ``verify_net_in_out`` of the inference config against
+    ``network_data_format``; the weights load; ``models/model.ts`` loads and matches the eager network.
+    """
+    import torch
+
+    root = resolve_bundle_path(path)
+    rows: list[tuple[str, bool, str]] = []
+    metadata = read_metadata(root)
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    rows.append(("metadata fields", not missing, "all present" if not missing else f"missing: {', '.join(missing)}"))
+    version_ok = str(metadata.get("version", "")) in metadata.get("changelog", {})
+    rows.append(("changelog has the version", version_ok, str(metadata.get("version"))))
+    try:
+        bundle = open_bundle(root, device=device)
+        rows.append(("weights load", True, str(root / "models" / "model.pt")))
+    except AmecamError as exc:
+        rows.append(("weights load", False, str(exc)))
+        return rows
+    try:
+        from monai.bundle import verify_net_in_out
+
+        inference = root / "configs" / "inference.yaml"
+        sys.path.insert(0, str(root))
+        _purge_scripts_modules()
+        try:
+            verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                              config_file=str(inference), device=device, n=1, any=1)
+        finally:
+            sys.path.remove(str(root))
+            _purge_scripts_modules()
+        rows.append(("network input/output vs network_data_format", True, "verify_net_in_out passed"))
+    except Exception as exc:
+        rows.append(("network input/output vs network_data_format", False, str(exc).splitlines()[0][:200]))
+    ts_path = root / "models" / "model.ts"
+    if not ts_path.is_file():
+        rows.append(("TorchScript model", False, f"{ts_path} missing"))
+        return rows
+    try:
+        scripted = torch.jit.load(str(ts_path), map_location=device)
+        x = torch.rand(2, len(bundle.modalities), bundle.image_size, bundle.image_size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            eager, traced = bundle.network.to(device)(x), scripted(x)
+        diff = float((eager - traced).abs().max())
+        rows.append(("TorchScript matches eager", diff < 1e-4, f"max abs difference {diff:.2e}"))
+    except Exception as exc:
+        rows.append(("TorchScript matches eager", False, str(exc).splitlines()[0][:200]))
+    return rows
+
+
+def _purge_scripts_modules() -> None:
+    """Forget any ``scripts`` package imported through ``sys.path``, so the next import is fresh."""
+    for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+        del sys.modules[name]

@@ -1,0 +1,400 @@
+"""``amecam evaluate``: every method side by side on cases with expert masks, the way the papers report it.
+
+Protocols (all on the original voxel grid of each case, distances in mm from its spacing):
+
+* **slice level** (the AME-CAM paper's Table 1): every axial slice of every evaluated case whose whole
+  tumour covers more than 1% of the slice; the method's map thresholded inside the brain; no discard
+  list, no classifier gating (the question is how good the map is where there is a tumour).
+* **volume level**: per case, the 3-D mask made of every slice's mask, where slices the classifier calls
+  normal are empty (``volume``); also without that gating (``volume_ungated``).
+* the classifier's slice AUC over all labelled brain slices (tumour vs normal; ambiguous ones left out).
+
+HD95 uses the amecam empty-mask convention (nan, counted in ``n_hd95``) and, as ``hd95_paper``, the
+paper's 373.12866 penalty. The report is ``report.json``, ``report.md`` (Table-1 layout), per-slice
+rows in ``per_slice.csv``, a box plot of per-slice Dice and a qualitative grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import AmecamError
+
+__all__ = ["EvaluationOptions", "evaluate", "canonical_spacing"]
+
+logger = logging.getLogger(__name__)
+
+METHOD_LABELS = {
+    "amecam": "AME-CAM (mean of M1-M4 and Mf)",
+    "attention": "AME-CAM attention map Mf alone",
+    "mean_exits": "Mean of exits M1-M4 (no attention)",
+    "exit1": "Exit 1 (M1)", "exit2": "Exit 2 (M2)", "exit3": "Exit 3 (M3)", "exit4": "Exit 4 (M4)",
+    "cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM",
+    "scorecam": "ScoreCAM", "hirescam": "HiResCAM",
+    "unet_pseudo": "U-Net on AME-CAM pseudo-labels",
+    "unet_supervised": "U-Net, fully supervised (uses expert masks)",
+}
+
+
+def segmentation_row_name(bundle) -> str:
+    """Row name of a segmentation bundle: ``unet_pseudo`` or ``unet_supervised``."""
+    labels = bundle.metadata.get("amecam_training", {}).get("labels", "pseudo")
+    return "unet_supervised" if labels == "masks" else "unet_pseudo"
+
+
+def segmentation_rows(bundles: list, device: str) -> dict[str, Callable]:
+    """Row providers for segmentation bundles: their tumour probability map on the case's canonical grid."""
+    rows: dict[str, Callable] = {}
+    for seg in bundles:
+        name = segmentation_row_name(seg)
+        while name in rows:
+            name += "_2"
+        predictor = seg.predictor(device=device, gate=False)
+
+        def provide(loaded, prepared, predictor=predictor):
+            return predictor.predict_canonical(loaded.channels, brain=loaded.brain, all_maps=True).cam
+
+        rows[name] = provide
+    return rows
+
+
+def canonical_spacing(spacing, orientation: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size along the canonical (RAS) axes, from the file's spacing and its orientation."""
+    out = [0.0, 0.0, 0.0]
+    for file_axis in range(3):
+        out[int(orientation[file_axis, 0])] = float(spacing[file_axis])
+    return tuple(out)
+
+
+@dataclass
+class EvaluationOptions:
+    """What ``amecam evaluate`` does.
+
+    Attributes:
+        methods: method names (see ``amecam_cli.cams.METHODS``).
+        threshold: map value from which a pixel is tumour, for every method.
+        crf: also report every method after DenseCRF refinement (rows ``<method>+crf``).
+        min_tumor_fraction: slice-level protocol's tumour share of a slice.
+        batch_size: slices per forward pass.
+        stage: target stage of the gradient baselines.
+        budget: ScoreCAM channels per image.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        qualitative_slices: slices shown in the qualitative grid.
+    """
+
+    methods: tuple[str, ...]
+    threshold: float = 0.5
+    crf: bool = False
+    min_tumor_fraction: float = 0.01
+    batch_size: int = 32
+    stage: int = 4
+    budget: int = 64
+    device: str = "auto"
+    qualitative_slices: int = 6
+    extra_rows: dict = field(default_factory=dict)
+
+
+def _slice_metrics(pred: np.ndarray, truth: np.ndarray, spacing) -> dict:
+    from .metrics import dice, hd95, iou
+
+    return {
+        "dice": dice(pred, truth), "iou": iou(pred, truth), "hd95": hd95(pred, truth, spacing=spacing),
+        "hd95_paper": hd95(pred, truth, spacing=spacing, convention="paper"),
+    }
+
+
+def _summary(rows: list[dict]) -> dict:
+    from .metrics import summarize
+
+    out = summarize(rows, keys=("dice", "iou", "hd95", "hd95_paper"))
+    out["n"] = len(rows)
+    return out
+
+
+def evaluate(
+    data: str | Path,
+    bundle_path: str | Path,
+    output: str | Path,
+    options: EvaluationOptions,
+    *,
+    pattern: str | None = None,
+    overwrite: bool = False,
+    command: str = "",
+    progress: bool = True,
+    row_providers: dict[str, Callable] | None = None,
+    extra_bundles: list | None = None,
+) -> dict:
+    """Evaluate every method of ``options`` on the labelled cases in ``data``; write the report to ``output``.
+
+    Args:
+        row_providers: extra rows computed per case, ``name -> fn(loaded_case, prepared) -> (x, y, z) map``
+            (used by the reference rows); their maps are thresholded and scored like the CAM rows.
+        extra_bundles: segmentation bundles (U-Nets) to score as rows of their own.
+
+    Returns:
+        The report (also written as ``report.json``).
+    """
+    from tqdm.auto import tqdm
+
+    from amecam_bundle.scripts.postprocess import crf_refine_slice
+    from amecam_bundle.scripts.preprocess import extract_slices, paste_slices, prepare_volume
+
+    from .bundle import open_bundle
+    from .cams import compute_maps
+    from .cases import find_cases, load_case
+
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise AmecamError(f"{output}: report folder is not empty (pass --overwrite to replace the report)")
+    if not 0.0 <= options.threshold <= 1.0:
+        raise AmecamError(f"--threshold must be in [0, 1], got {options.threshold}")
+    bundle = open_bundle(bundle_path, device=options.device)
+    segmentation = [open_bundle(p, device=options.device) for p in extra_bundles or []]
+    if bundle.kind == "segmentation":  # its AME-CAM source, when still there, gives the CAM rows and the gating
+        segmentation.insert(0, bundle)
+        source = bundle.metadata.get("amecam_training", {}).get("source_bundle")
+        bundle = open_bundle(source, device=options.device) if source and (Path(source) / "models" / "model.pt").is_file() else None
+        if bundle is None:
+            logger.warning("the AME-CAM bundle this U-Net came from is not available: no CAM rows, gating by the U-Net itself")
+    methods_from_cams = tuple(options.methods) if bundle is not None else ()
+    reference = bundle if bundle is not None else segmentation[0]
+    for other in segmentation:
+        if other.modalities != reference.modalities:
+            raise AmecamError(f"bundles disagree on modalities: {','.join(reference.modalities)} vs {','.join(other.modalities)}")
+    cases = find_cases(data, reference.modalities, pattern=pattern, require_label=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AmecamError(f"{output}: cannot create the report folder ({exc.strerror})") from exc
+    device = reference.module("train").resolve_device(options.device)
+    row_providers = {**segmentation_rows(segmentation, options.device), **(row_providers or {})}
+    methods = list(methods_from_cams) + list(row_providers)
+    variants = methods + ([f"{m}+crf" for m in methods] if options.crf else [])
+    slice_rows: dict[str, list[dict]] = {m: [] for m in variants}
+    volume_rows: dict[str, list[dict]] = {m: [] for m in variants}
+    ungated_rows: dict[str, list[dict]] = {m: [] for m in variants}
+    per_slice_csv: list[dict] = []
+    scores, labels = [], []
+    seconds: dict[str, float] = {}
+    qualitative: list[dict] = []
+    scorecam_passes = 0
+    started = time.perf_counter()
+    for case in tqdm(cases, desc="evaluate", unit="case", disable=None if progress else True):
+        loaded = load_case(case)
+        prepared = prepare_volume(loaded.channels, brain=loaded.brain)
+        zs = prepared.brain_slices
+        spacing = canonical_spacing(loaded.props.spacing, loaded.orientation)
+        shape = loaded.label.shape
+        area = shape[0] * shape[1]
+        fractions = loaded.label.sum(axis=(0, 1)) / area
+        slices = extract_slices(prepared.image, prepared.box, zs, reference.image_size)
+        t0 = time.perf_counter()
+        probability = np.zeros(shape[2], dtype=np.float32)
+        if bundle is not None:
+            maps = compute_maps(bundle.network, slices, methods_from_cams, batch_size=options.batch_size,
+                                stage=options.stage, budget=options.budget, device=device)
+            scorecam_passes += int(maps.pop("scorecam_forward_passes", 0))
+            probability[zs] = maps.pop("probability").numpy()
+        else:
+            maps = {}
+            probability[zs] = reference.predictor(device=options.device).network_output(slices)[:, 1].flatten(1).amax(dim=1).numpy()
+        seconds["maps"] = seconds.get("maps", 0.0) + time.perf_counter() - t0
+        for z in zs:
+            if fractions[z] > options.min_tumor_fraction:
+                scores.append(float(probability[z])), labels.append(1)
+            elif fractions[z] == 0:
+                scores.append(float(probability[z])), labels.append(0)
+        gate = probability >= 0.5
+        grey = prepared.image.mean(axis=0)
+        tumour_slices = [int(z) for z in zs if fractions[z] > options.min_tumor_fraction]
+        full_maps = {}
+        for method in methods:
+            if method in row_providers:
+                t0 = time.perf_counter()
+                volume_map = np.asarray(row_providers[method](loaded, prepared), dtype=np.float32)
+                seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
+            else:
+                volume_map = np.zeros(shape, dtype=np.float32)
+                volume_map[:, :, zs] = np.moveaxis(paste_slices(maps[method], prepared.box, shape[:2]).clamp(0, 1).numpy(), 0, -1)
+            volume_map *= prepared.brain
+            full_maps[method] = volume_map
+            raw_mask = (volume_map >= options.threshold) & prepared.brain
+            variants_of_method = [(method, raw_mask)]
+            if options.crf:
+                t0 = time.perf_counter()
+                refined = np.zeros(shape, dtype=bool)
+                for z in zs:
+                    if raw_mask[:, :, z].any():
+                        refined[:, :, z] = crf_refine_slice(grey[:, :, z], volume_map[:, :, z]).astype(bool) & prepared.brain[:, :, z]
+                seconds["crf"] = seconds.get("crf", 0.0) + time.perf_counter() - t0
+                variants_of_method.append((f"{method}+crf", refined))
+            for name, mask in variants_of_method:
+                for z in tumour_slices:
+                    row = _slice_metrics(mask[:, :, z], loaded.label[:, :, z], spacing[:2])
+                    slice_rows[name].append(row)
+                    per_slice_csv.append({"method": name, "case": case.case_id, "z": z, **{k: row[k] for k in ("dice", "iou", "hd95")}})
+                gated = mask & gate[None, None, :]
+                volume_rows[name].append({"case": case.case_id, **_slice_metrics(gated, loaded.label, spacing)})
+                ungated_rows[name].append({"case": case.case_id, **_slice_metrics(mask, loaded.label, spacing)})
+        if tumour_slices and len(qualitative) < options.qualitative_slices:
+            z = tumour_slices[len(tumour_slices) // 2]
+            qualitative.append({"case": case.case_id, "z": z, "image": grey[:, :, z], "truth": loaded.label[:, :, z],
+                                "maps": {m: full_maps[m][:, :, z] for m in methods}})
+    seconds["total"] = time.perf_counter() - started
+    from amecam_bundle.scripts.train import roc_auc
+
+    report = {
+        "modality": ",".join(reference.modalities),
+        "n_cases": len(cases),
+        "n_slices": len(slice_rows[methods[0]]) if methods else 0,
+        "threshold": options.threshold,
+        "classifier_slice_auc": roc_auc(np.array(scores), np.array(labels)),
+        "methods": {
+            name: {"slice": _summary(slice_rows[name]), "volume": _summary(volume_rows[name]),
+                   "volume_ungated": _summary(ungated_rows[name])}
+            for name in variants
+        },
+        "per_case": {name: [{k: r[k] for k in ("case", "dice", "iou", "hd95")} for r in volume_rows[name]] for name in variants},
+        "scorecam": {"budget_channels": options.budget, "forward_passes": scorecam_passes} if "scorecam" in methods else None,
+        "seconds": seconds,
+        "data": str(data),
+        "cases": [c.case_id for c in cases],
+        "bundle": str(bundle.root if bundle is not None else bundle_path),
+        "extra_bundles": {segmentation_row_name(b): str(b.root) for b in segmentation},
+        "bundle_training": reference.metadata.get("amecam_training", {}).get("settings", {}),
+        "gating": "AME-CAM classifier (deepest exit)" if bundle is not None else "the U-Net's own slice maximum",
+        "command": command,
+        "versions": _versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_report(output, report, per_slice_csv, slice_rows, qualitative, options)
+    logger.info("report written to %s", output)
+    return report
+
+
+def _versions() -> dict:
+    import monai
+
+    return {"amecam": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "monai": monai.__version__, "numpy": np.__version__}
+
+
+def _fmt(mean: float, std: float, digits: int = 3) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table_markdown(report: dict) -> str:
+    """The Table-1 layout: methods as rows; slice-level and volume-level Dice, IoU, HD95 as columns."""
+    lines = [
+        "| Method | Slice Dice | Slice IoU | Slice HD95 (mm) | Volume Dice | Volume IoU | Volume HD95 (mm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["methods"].items():
+        base, _, suffix = name.partition("+")
+        label = METHOD_LABELS.get(base, base) + (" + DenseCRF" if suffix == "crf" else "")
+        s, v = row["slice"], row["volume"]
+        lines.append(
+            f"| {label} | {_fmt(s['dice'], s['dice_std'])} | {_fmt(s['iou'], s['iou_std'])} | {_fmt(s['hd95'], s['hd95_std'], 1)} "
+            f"| {_fmt(v['dice'], v['dice_std'])} | {_fmt(v['iou'], v['iou_std'])} | {_fmt(v['hd95'], v['hd95_std'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows: dict, qualitative: list[dict], options: EvaluationOptions) -> None:
+    (output / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    with open(output / "per_slice.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["method", "case", "z", "dice", "iou", "hd95"])
+        writer.writeheader()
+        writer.writerows(per_slice)
+    md = [
+        f"# amecam evaluation: {report['modality']}",
+        "",
+        f"{report['n_cases']} cases, {report['n_slices']} tumour slices (whole tumour > 1% of the slice), "
+        f"threshold {report['threshold']}. Classifier slice AUC {report['classifier_slice_auc']:.3f}.",
+        "",
+        "Slice level: every tumour slice, no classifier gating. Volume level: 3-D per case, slices the "
+        "classifier calls normal are empty. Mean ± standard deviation; HD95 over the predictions that are "
+        "not empty (see `report.json` for counts and the paper's 373.13 convention).",
+        "",
+        table_markdown(report),
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Data: `{report['data']}` ({', '.join(report['cases'])})",
+        f"- Bundle: `{report['bundle']}`; training settings {json.dumps(report['bundle_training'])}",
+        f"- Versions: {json.dumps(report['versions'])}; {report['date']}",
+    ]
+    if report.get("scorecam"):
+        md.append(f"- ScoreCAM: {report['scorecam']['budget_channels']} channels per image, {report['scorecam']['forward_passes']} forward passes.")
+    md.append(f"- Time: {json.dumps({k: round(v, 1) for k, v in report['seconds'].items()})} seconds.")
+    (output / "report.md").write_text("\n".join(md) + "\n")
+    _boxplot(output / "dice_boxplot.png", slice_rows)
+    _qualitative(output / "qualitative.png", qualitative, options.threshold)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(type(value))
+
+
+def _boxplot(path: Path, slice_rows: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, rows in slice_rows.items() if rows]
+    if not names:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 4))
+    ax.boxplot([[r["dice"] for r in slice_rows[n]] for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("slice-level Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _qualitative(path: Path, rows: list[dict], threshold: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    methods = list(rows[0]["maps"])
+    fig, axes = plt.subplots(len(rows), len(methods) + 2, figsize=(1.6 * (len(methods) + 2), 1.7 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(row["image"].T, cmap="gray", origin="lower")
+        axes[r, 0].set_title(f"{row['case']} z={row['z']}", fontsize=6)
+        axes[r, 1].imshow(row["truth"].T, cmap="gray", origin="lower")
+        axes[r, 1].set_title("ground truth", fontsize=6)
+        for c, method in enumerate(methods, start=2):
+            axes[r, c].imshow(row["image"].T, cmap="gray", origin="lower")
+            axes[r, c].imshow(row["maps"][method].T, cmap="jet", alpha=0.45, origin="lower", vmin=0, vmax=1)
+            if (row["maps"][method] >= threshold).any():
+                axes[r, c].contour((row["maps"][method] >= threshold).T, levels=[0.5], colors="white", linewidths=0.6, origin="lower")
+            axes[r, c].set_title(method, fontsize=6)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,166 @@
+"""``amecam infer``: volumes in, uint8 masks out on each input's own grid and in its format.
+
+Inputs: one volume file or DICOM series folder (single-modality bundles), one case folder in a
+BraTS layout, or a dataset folder / datalist JSON (many cases; ``-o`` is then a folder). Every check
+that can fail -- bundle, modalities, existing or unwritable outputs -- runs before any inference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from amecam_bundle.scripts.preprocess import from_canonical
+
+from .bundle import LoadedBundle, open_bundle
+from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases, load_case, parse_modalities
+from .errors import AmecamError
+from .io import NIFTI_SUFFIXES, check_writable, volume_suffix, write_volume
+
+__all__ = ["InferenceJob", "plan_jobs", "run_inference"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceJob:
+    """One volume to segment: its case, where the mask (and optionally the map) goes."""
+
+    case: Case
+    mask_path: Path
+    cam_path: Path | None
+
+
+def _modality_from_name(path: Path) -> str | None:
+    """The modality a BraTS-style file name announces (``..._t1.nii.gz``, ``...-t2f.nii.gz``), if any."""
+    stem = path.name
+    for suffix in NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    match = re.search(r"[_-]([A-Za-z0-9]+)$", stem)
+    if not match:
+        return None
+    token = match.group(1).lower()
+    if token in MODALITIES:
+        return token
+    mapped = BRATS2023_NAMES.get(token)
+    return mapped if mapped in MODALITIES else None
+
+
+def _single_volume(path: Path) -> bool:
+    if path.is_file():
+        return True
+    if path.is_dir():  # a DICOM series folder has files and no case sub-folders
+        return any(p.is_file() and p.suffix.lower() in (".dcm", "") for p in path.iterdir()) and not any(p.is_dir() for p in path.iterdir())
+    return False
+
+
+def plan_jobs(
+    source: Path,
+    output: Path,
+    bundle: LoadedBundle,
+    *,
+    modality: str | None = None,
+    save_cam: Path | None = None,
+    pattern: str | None = None,
+    overwrite: bool = False,
+) -> list[InferenceJob]:
+    """Decide what to segment and where each result goes; fail before any work if something is off."""
+    expected = bundle.modalities
+    if modality is not None:
+        requested = parse_modalities(modality)
+        unknown = [m for m in requested if m not in expected]
+        if unknown:
+            raise AmecamError(f"the bundle was trained on {','.join(expected)}; it cannot segment {','.join(unknown)} images")
+        if set(requested) != set(expected):
+            raise AmecamError(f"the bundle needs {','.join(expected)} together; --modality names {','.join(requested)}")
+    if not source.exists():
+        raise AmecamError(f"{source}: no such file or folder")
+    if source.suffix.lower() != ".json" and _single_volume(source):
+        if len(expected) > 1:
+            raise AmecamError(f"{source}: the bundle needs {','.join(expected)} together; give a case folder or a datalist, not one volume")
+        named = _modality_from_name(source) if source.is_file() else None
+        if named is not None and named not in expected and modality is None:
+            raise AmecamError(
+                f"{source}: looks like a {named} volume (by its name) but the bundle was trained on {expected[0]}; "
+                f"pass --modality {expected[0]} if it really is {expected[0]}"
+            )
+        case = Case(case_id=source.name.split(".")[0], images={expected[0]: source})
+        jobs = [InferenceJob(case, output, save_cam)]
+    else:
+        cases = find_cases(source, expected, pattern=pattern, require_label=False)
+        if len(cases) == 1 and volume_suffix(output) in NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd"):
+            jobs = [InferenceJob(cases[0], output, save_cam)]
+        else:
+            if output.exists() and not output.is_dir():
+                raise AmecamError(f"{output}: for {len(cases)} cases -o must be a folder")
+            jobs = []
+            for case in cases:
+                first = case.images[expected[0]]
+                suffix = volume_suffix(first) if first.is_file() else ".nii.gz"
+                jobs.append(InferenceJob(case, output / f"{case.case_id}_mask{suffix}",
+                                         (save_cam / f"{case.case_id}_cam{suffix}") if save_cam else None))
+    for job in jobs:
+        check_writable(job.mask_path, overwrite=overwrite)
+        if job.cam_path is not None:
+            check_writable(job.cam_path, overwrite=overwrite)
+    return jobs
+
+
+def run_inference(
+    source: str | Path,
+    output: str | Path,
+    bundle_path: str | Path,
+    *,
+    modality: str | None = None,
+    threshold: float = 0.5,
+    crf: bool = False,
+    save_cam: str | Path | None = None,
+    device: str = "auto",
+    min_size: int = 0,
+    batch_size: int = 64,
+    pattern: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Segment every planned volume; returns per-volume paths, tumour volume and timings."""
+    from tqdm.auto import tqdm
+
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise AmecamError(f"--threshold must be in [0, 1], got {threshold}")
+    started = time.perf_counter()
+    bundle = open_bundle(bundle_path, device=device)
+    seconds_open = time.perf_counter() - started
+    jobs = plan_jobs(Path(source), Path(output), bundle, modality=modality,
+                     save_cam=Path(save_cam) if save_cam else None, pattern=pattern, overwrite=overwrite)
+    predictor = bundle.predictor(device=device, batch_size=batch_size, threshold=float(threshold), crf=bool(crf),
+                                 min_component_voxels=int(min_size))
+    results = []
+    for job in tqdm(jobs, desc="infer", unit="volume", disable=None if progress and len(jobs) > 1 else True):
+        t0 = time.perf_counter()
+        loaded = load_case(job.case, with_label=False)
+        t_read = time.perf_counter() - t0
+        prediction = predictor.predict_canonical(loaded.channels, brain=loaded.brain, all_maps=job.cam_path is not None)
+        t1 = time.perf_counter()
+        props = loaded.props
+        mask = from_canonical(prediction.mask, loaded.orientation)
+        write_volume(job.mask_path, mask, props, overwrite=overwrite)
+        if job.cam_path is not None:
+            write_volume(job.cam_path, from_canonical(prediction.cam, loaded.orientation).astype(np.float32), props, overwrite=overwrite)
+        t_write = time.perf_counter() - t1
+        voxel_ml = float(np.prod(props.spacing)) / 1000.0
+        result = {
+            "case": job.case.case_id, "mask": str(job.mask_path), "cam": str(job.cam_path) if job.cam_path else None,
+            "tumour_ml": float(mask.sum()) * voxel_ml, "tumour_slices": int(prediction.mask.any(axis=(0, 1)).sum()),
+            "seconds": {"open_bundle": seconds_open, "read": t_read, **prediction.seconds, "write": t_write},
+        }
+        logger.info("%s -> %s: %.1f ml over %d slices", job.case.case_id, job.mask_path, result["tumour_ml"], result["tumour_slices"])
+        logger.info("timings: %s", json.dumps({k: round(v, 3) for k, v in result["seconds"].items()}))
+        results.append(result)
+    return results

@@ -1,0 +1,239 @@
+"""``amecam train-seg``: a U-Net bundle trained on AME-CAM pseudo-labels (or, as an upper bound, on masks).
+
+The data is sliced with the AME-CAM run's own slice settings and seed, so the case-level split is the
+same one the AME-CAM bundle was trained with. Pseudo-labels: every tumour slice gets the AME-CAM final
+map (thresholded at 0.5 by the trainer; optionally replaced by its DenseCRF mask), normal slices an
+empty mask, ambiguous slices are left out. The result is a bundle like the AME-CAM one (configs,
+scripts, weights, TorchScript, metadata, model card), so ``amecam infer`` and ``amecam evaluate`` take it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .bundle import instantiate_network, open_bundle, read_metadata, write_metadata
+from .errors import AmecamError
+from .training import TrainSettings, _LOG_NAMESPACES, _prepare_run_folder, _slice_if_needed, export_torchscript, run_config
+
+__all__ = ["write_pseudo_labels", "train_segmentation"]
+
+logger = logging.getLogger(__name__)
+
+
+def write_pseudo_labels(slices: Path, bundle, *, crf: bool = False, batch_size: int = 32, progress: bool = True) -> dict:
+    """Write ``slices/pseudo/<file>.npy``: the AME-CAM map on tumour slices, zeros elsewhere.
+
+    With ``crf`` the map is replaced by its DenseCRF mask (crisp labels: no uncertainty weighting).
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from amecam_bundle.scripts.postprocess import crf_refine_slice
+
+    from .cams import compute_maps
+
+    rows = [r for r in _read_manifest(slices)]
+    by_file: dict[str, list[dict]] = {}
+    for row in rows:
+        by_file.setdefault(row["file"], []).append(row)
+    (slices / "pseudo").mkdir(exist_ok=True)
+    counts = {"tumour_slices": 0, "mean_fraction": []}
+    device = bundle.module("train").resolve_device("auto")
+    for name, file_rows in tqdm(sorted(by_file.items()), desc="pseudo-labels", unit="case", disable=None if progress else True):
+        target = slices / "pseudo" / f"{name}.npy"
+        if target.exists():
+            continue
+        images = torch.from_numpy(np.load(slices / "images" / f"{name}.npy").astype(np.float32))
+        size = images.shape[-1]
+        maps = np.zeros((images.shape[0], size, size), dtype=np.float16)
+        tumour_rows = [int(r["row"]) for r in file_rows if r["label"] == "tumor"]
+        if tumour_rows:
+            x = images[tumour_rows]
+            if size != bundle.image_size:
+                x = F.interpolate(x, size=(bundle.image_size,) * 2, mode="bilinear", align_corners=False)
+            final = compute_maps(bundle.network, x, ("amecam",), batch_size=batch_size, device=device)["amecam"]
+            if size != bundle.image_size:
+                final = F.interpolate(final[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            final = final.numpy()
+            if crf:
+                grey = images[tumour_rows].mean(dim=1).numpy()
+                final = np.stack([crf_refine_slice(g, m) for g, m in zip(grey, final)]).astype(np.float32)
+            maps[tumour_rows] = final.astype(np.float16)
+            counts["tumour_slices"] += len(tumour_rows)
+            counts["mean_fraction"].append(float((final >= 0.5).mean()))
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, maps)
+        os.replace(tmp, target)
+    counts["mean_fraction"] = float(np.mean(counts["mean_fraction"])) if counts["mean_fraction"] else 0.0
+    return counts
+
+
+def _read_manifest(slices: Path) -> list[dict]:
+    import csv
+
+    with open(slices / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_segmentation(
+    bundle_path: str | Path,
+    data: str | Path,
+    output: str | Path,
+    *,
+    epochs: int = 20,
+    image_size: int | None = None,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    device: str = "auto",
+    seed: int | None = None,
+    supervised: bool = False,
+    crf: bool = False,
+    uncertainty_margin: float = 0.1,
+    uncertainty_weight: float = 0.2,
+    pattern: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train the segmentation bundle in ``output`` from the AME-CAM bundle ``bundle_path``; see the module docs."""
+    import torch
+
+    source = open_bundle(bundle_path, device=device)
+    if source.kind != "amecam":
+        raise AmecamError(f"{bundle_path}: train-seg needs an AME-CAM bundle to make pseudo-labels from (this is a {source.kind} bundle)")
+    if epochs < 1:
+        raise AmecamError(f"--epochs must be >= 1, got {epochs}")
+    if not 0 <= uncertainty_margin < 0.5:
+        raise AmecamError(f"--uncertainty_margin must be in [0, 0.5), got {uncertainty_margin}")
+    if not 0 <= uncertainty_weight <= 1:
+        raise AmecamError(f"--uncertainty_weight must be in [0, 1], got {uncertainty_weight}")
+    data, output = Path(data), Path(output)
+    if not data.exists():
+        raise AmecamError(f"{data}: no such file or folder")
+    training = source.metadata.get("amecam_training", {})
+    base = dict(training.get("settings", {}))
+    saved = _prepare_run_folder(output, resume=resume, overwrite=overwrite)
+    if saved is None:
+        configs = output / "configs"
+        shutil.move(str(configs / "inference_seg.yaml"), configs / "inference.yaml")
+        for name in configs.glob("train_stage*.yaml"):
+            name.unlink()
+        settings = {
+            "modalities": list(source.modalities), "image_size": int(image_size or source.image_size), "epochs": int(epochs),
+            "batch_size": int(batch_size), "learning_rate": float(learning_rate), "device": str(device),
+            "seed": int(seed if seed is not None else base.get("seed", 0)), "supervised": bool(supervised), "crf": bool(crf),
+            "uncertainty_margin": float(uncertainty_margin), "uncertainty_weight": float(uncertainty_weight),
+            "val_fraction": float(base.get("val_fraction", 0.2)), "min_tumor_fraction": float(base.get("min_tumor_fraction", 0.01)),
+            "ambiguous": base.get("ambiguous", "exclude"), "source_bundle": str(Path(bundle_path).resolve()),
+        }
+        (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n")
+    else:
+        settings = saved
+    for name in ("image_size",):
+        if settings[name] % 16 or settings[name] < 32:
+            raise AmecamError(f"--image_size must be a multiple of 16 and >= 32 for the U-Net, got {settings[name]}")
+    slice_settings = TrainSettings(modalities=tuple(settings["modalities"]), image_size=settings["image_size"], seed=settings["seed"],
+                                   val_fraction=settings["val_fraction"], min_tumor_fraction=settings["min_tumor_fraction"],
+                                   ambiguous=settings["ambiguous"], epochs=1)
+    (output / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(output / "logs" / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(n) for n in _LOG_NAMESPACES]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        slices, dataset_info = _slice_if_needed(data, output, slice_settings, pattern)
+        source_split = training.get("split", {})
+        if source_split and dataset_info.get("split") and any(source_split.get(c) not in (None, s) for c, s in dataset_info["split"].items()):
+            logger.warning("the case split differs from the AME-CAM bundle's: validation cases may have been seen by AME-CAM")
+        if settings["supervised"]:
+            if not (slices / "masks").is_dir() or not any((slices / "masks").iterdir()):
+                raise AmecamError(f"{data}: --supervised needs segmentations for the training cases")
+            pseudo = {"labels": "expert masks (fully supervised upper bound)"}
+        else:
+            pseudo = write_pseudo_labels(slices, source, crf=settings["crf"], progress=progress)
+            pseudo["labels"] = "AME-CAM pseudo-labels" + (" refined by DenseCRF" if settings["crf"] else "")
+        metadata = read_metadata(output)
+        image = dict(source.metadata["network_data_format"]["inputs"]["image"])
+        image["spatial_shape"] = [settings["image_size"], settings["image_size"]]
+        metadata["network_data_format"]["inputs"]["image"] = image
+        pred = metadata["network_data_format"]["outputs"]["pred"]
+        pred["spatial_shape"] = [settings["image_size"], settings["image_size"]]
+        pred["channel_def"] = {"0": "tumour probability", "1": "slice tumour probability (maximum of channel 0)"}
+        write_metadata(output, metadata)
+        summary = run_config(
+            output, "train_seg.yaml", bundle_root=str(output), dataset_dir=str(slices), epochs=settings["epochs"],
+            batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], device=settings["device"],
+            seed=settings["seed"], label_source="masks" if settings["supervised"] else "pseudo",
+            uncertainty_margin=0.0 if settings["crf"] else settings["uncertainty_margin"],
+            uncertainty_weight=settings["uncertainty_weight"], resume=resume, progress=progress,
+        )[0]
+        network = instantiate_network(output)
+        network.load_state_dict(torch.load(output / "models" / "model.pt", map_location="cpu", weights_only=True))
+        export_torchscript(output, network, settings["image_size"], len(settings["modalities"]))
+        _finish_metadata(output, settings, data, dataset_info, summary, pseudo)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+    logger.info("segmentation bundle ready: %s", output)
+    return {"bundle": output, "summary": summary, "pseudo": pseudo}
+
+
+def _finish_metadata(output: Path, settings: dict, data: Path, dataset_info: dict, summary: dict, pseudo: dict) -> None:
+    import monai
+    import numpy
+    import torch
+
+    metadata = read_metadata(output)
+    supervised = settings["supervised"]
+    kind_name = "supervised" if supervised else "pseudo"
+    metadata["bundle_name"] = f"amecam_unet_{kind_name}_{'_'.join(settings['modalities'])}"
+    metadata["name"] = "U-Net trained on " + ("expert masks (fully supervised upper bound)" if supervised else "AME-CAM pseudo-labels")
+    metadata["task"] = "Whole-tumour segmentation of brain MRI" + (" (fully supervised)" if supervised else " from AME-CAM pseudo-labels")
+    metadata["description"] = (
+        "MONAI 2-D U-Net trained on " + pseudo["labels"] + " of the training cases, as a refinement of (or an upper bound for) "
+        "the weakly supervised AME-CAM bundle " + settings["source_bundle"] + "."
+    )
+    metadata["label_classes"] = "per-pixel labels: 1 = tumour (" + pseudo["labels"] + "), 0 = everything else"
+    metadata["pred_classes"] = "2 channels: channel 0 tumour probability, channel 1 the slice's maximum tumour probability"
+    metadata["monai_version"], metadata["numpy_version"] = monai.__version__, numpy.__version__
+    metadata["pytorch_version"] = torch.__version__.split("+")[0]
+    metadata["eval_metrics"] = {"val_dice_against_training_labels": summary.get("best_val_dice")}
+    metadata["amecam_training"] = {
+        "kind": "segmentation", "labels": "masks" if supervised else "pseudo", "label_description": pseudo["labels"],
+        "amecam_version": __version__, "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": str(data), "settings": settings, "split": dataset_info.get("split", {}),
+        "source_bundle": settings["source_bundle"], "best_epoch": summary.get("best_epoch"),
+        "pseudo_labels": {k: v for k, v in pseudo.items() if k != "labels"},
+    }
+    metadata["changelog"] = {metadata["version"]: "U-Net segmentation bundle (" + pseudo["labels"] + ")"}
+    write_metadata(output, metadata)
+    card = output / "docs" / "README.md"
+    card.write_text(
+        f"# {metadata['name']} (model card)\n\n{metadata['description']}\n\n"
+        "## Model\n\nMONAI `UNet` (2-D, channels 16-32-64-128-256, strides 2, two residual units, InstanceNorm), "
+        "Dice + cross-entropy loss" + ("" if supervised else " with pixels near the pseudo-label threshold down-weighted") + ". "
+        "Inputs and preprocessing are those of the AME-CAM bundle (see `configs/metadata.json`).\n\n"
+        "## Use\n\n```\npython -m monai.bundle run --config_file configs/inference.yaml --bundle_root . "
+        "--image patient_flair.nii.gz --output patient_mask.nii.gz\n```\n\nor `amecam infer VOLUME -o MASK --bundle <this folder>`.\n\n"
+        "## This copy\n\n"
+        f"- Labels: {pseudo['labels']}.\n- Data: `{data}`; {sum(v == 'train' for v in dataset_info.get('split', {}).values())} "
+        f"training and {sum(v == 'val' for v in dataset_info.get('split', {}).values())} validation cases (split by case, seed {settings['seed']}).\n"
+        f"- Best epoch {summary.get('best_epoch')}, validation Dice against the training labels {summary.get('best_val_dice')}.\n\n"
+        "## Intended use\n\nResearch only; not for clinical or diagnostic use.\n"
+    )

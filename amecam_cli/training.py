@@ -1,0 +1,410 @@
+"""``amecam train``: from volumes (or a slice dataset) to a complete, self-contained AME-CAM bundle.
+
+The run folder starts as a copy of the packaged bundle template, so it carries the code and configs
+it was trained with. Each stage runs through MONAI's ``ConfigWorkflow`` on the run's own
+``configs/train_stage*.yaml`` with the resolved settings as overrides -- the same thing
+``python -m monai.bundle run`` does. Settings are merged in one place (:func:`resolve_settings`):
+code defaults, then an optional YAML/JSON settings file, then the command line; the result is logged
+and saved in ``configs/amecam_train.json``, and ``--resume`` reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+from .bundle import _purge_scripts_modules, copy_template, read_metadata, write_metadata
+from .errors import AmecamError
+
+__all__ = ["TrainSettings", "resolve_settings", "train_bundle"]
+
+logger = logging.getLogger(__name__)
+
+PRETRAIN_CHOICES = ("none", "simclr")
+#: loggers whose records go to the run's logs/train.log (toolkit and bundle scripts)
+_LOG_NAMESPACES = ("amecam_cli", "amecam")
+SETTINGS_FILE = "amecam_train.json"
+
+
+@dataclass
+class TrainSettings:
+    """Everything that determines a training run (the defaults are the code defaults)."""
+
+    modalities: tuple[str, ...] = ("flair",)
+    epochs: int = 20
+    attention_epochs: int = 8
+    pretrain: str = "none"
+    pretrain_epochs: int = 10
+    image_size: int = 128
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    attention_learning_rate: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    min_tumor_fraction: float = 0.01
+    ambiguous: str = "exclude"
+    device: str = "auto"
+
+    def validate(self) -> None:
+        from .cases import parse_modalities
+
+        self.modalities = parse_modalities(self.modalities)
+        for name in ("epochs", "attention_epochs", "pretrain_epochs", "image_size", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AmecamError(f"--{name} must be a whole number, got {value!r}")
+        if self.epochs < 1:
+            raise AmecamError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.attention_epochs < 0:
+            raise AmecamError(f"--attention_epochs must be >= 0, got {self.attention_epochs}")
+        if self.image_size < 64 or self.image_size % 32:
+            raise AmecamError(
+                f"--image_size must be a multiple of 32 and >= 64 (the last stage is image_size/32 pixels wide), got {self.image_size}"
+            )
+        if self.batch_size < 2:
+            raise AmecamError(f"--batch_size must be >= 2, got {self.batch_size}")
+        if self.pretrain not in PRETRAIN_CHOICES:
+            raise AmecamError(f"--pretrain must be one of {', '.join(PRETRAIN_CHOICES)}, got {self.pretrain!r}")
+        if str(self.device).lower() not in ("auto", "cpu", "cuda") and not str(self.device).lower().startswith("cuda:"):
+            raise AmecamError(f"--device must be one of auto, cpu, cuda, got {self.device!r}")
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["modalities"] = list(self.modalities)
+        return out
+
+
+#: settings that may differ when resuming (they do not change what is trained)
+RESUMABLE_CHANGES = ("device",)
+
+
+def _read_settings_file(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise AmecamError(f"{path}: cannot read settings ({exc})") from exc
+    if not isinstance(data, dict):
+        raise AmecamError(f"{path}: settings must be a mapping of option: value")
+    return data
+
+
+def resolve_settings(*, config: Path | None = None, saved: dict | None = None, **given: Any) -> TrainSettings:
+    """Merge code defaults, a settings file and the command line (``given``; None = not given).
+
+    With ``saved`` (a resumed run), those settings replace the defaults and the file, and an explicit
+    command-line value that contradicts them is an error.
+    """
+    valid = {f.name for f in fields(TrainSettings)}
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if saved is not None:
+        merged.update({k: v for k, v in saved.items() if k in valid})
+        sources.update({k: "saved run" for k in merged})
+    elif config is not None:
+        data = _read_settings_file(config)
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise AmecamError(f"{config}: unknown settings {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
+        merged.update(data)
+        sources.update({k: str(config) for k in data})
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in valid:
+            raise AmecamError(f"unknown training setting {key!r}")
+        if saved is not None and key not in RESUMABLE_CHANGES:
+            current = TrainSettings(**{key: merged.get(key, getattr(TrainSettings(), key))})
+            candidate = TrainSettings(**{key: value})
+            if key == "modalities":
+                current.validate()
+                candidate.validate()
+            if getattr(current, key) != getattr(candidate, key):
+                raise AmecamError(
+                    f"--{key} {value!r} differs from the run being resumed ({merged.get(key)!r}); "
+                    "resume with the same settings or start a new run"
+                )
+        merged[key] = value
+        sources[key] = "command line"
+    settings = TrainSettings(**merged)
+    settings.validate()
+    for key, value in settings.as_dict().items():
+        logger.info("setting %s = %r (%s)", key, value, sources.get(key, "default"))
+    return settings
+
+
+@contextlib.contextmanager
+def _bundle_on_path(root: Path) -> Iterator[None]:
+    """Make ``import scripts`` mean ``root/scripts`` for the duration (what ``monai.bundle run`` does)."""
+    _purge_scripts_modules()
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        while str(root) in sys.path:
+            sys.path.remove(str(root))
+        _purge_scripts_modules()
+
+
+def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
+    """Run ``root/configs/<config>`` with MONAI's ``ConfigWorkflow`` and return what its ``run`` gave."""
+    from monai.bundle import ConfigWorkflow
+
+    with _bundle_on_path(root):
+        monai_logger = logging.getLogger("monai.bundle")
+        level = monai_logger.level
+        monai_logger.setLevel(logging.ERROR)
+        try:
+            workflow = ConfigWorkflow(
+                config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
+                logging_file=False, workflow_type=None, **overrides,
+            )
+            workflow.initialize()
+            result = workflow.run()
+            workflow.finalize()
+        except RuntimeError as exc:  # MONAI wraps what the trainer raised in "Failed to evaluate ..."
+            cause = _root_cause(exc)
+            if isinstance(cause, (ValueError, FileNotFoundError)):
+                raise AmecamError(str(cause)) from exc
+            raise
+        finally:
+            monai_logger.setLevel(level)
+    return result
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _is_slice_dataset(path: Path) -> bool:
+    info = path / "dataset.json"
+    if not (path.is_dir() and info.is_file()):
+        return False
+    try:
+        return json.loads(info.read_text()).get("format") == "amecam-slices"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _prepare_run_folder(output: Path, *, resume: bool, overwrite: bool) -> dict | None:
+    settings_path = output / "configs" / SETTINGS_FILE
+    if resume:
+        if not settings_path.is_file():
+            raise AmecamError(f"{output}: nothing to resume (no configs/{SETTINGS_FILE}); start a run without --resume")
+        return json.loads(settings_path.read_text())
+    if output.exists() and not output.is_dir():
+        raise AmecamError(f"{output}: exists and is not a folder")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise AmecamError(f"{output}: folder is not empty; pass --resume to continue that run or --overwrite to start again")
+        for name in ("configs", "scripts", "docs", "models", "slices", "logs", "LICENSE"):
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        copy_template(output)
+    except OSError as exc:
+        raise AmecamError(f"{output}: cannot write the bundle there ({exc.strerror or exc})") from exc
+    return None
+
+
+def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern: str | None) -> tuple[Path, dict]:
+    from .cases import find_cases
+    from .slicing import SliceSettings, slice_dataset
+
+    if _is_slice_dataset(data):
+        info = json.loads((data / "dataset.json").read_text())["settings"]
+        if list(info["modalities"]) != list(settings.modalities):
+            raise AmecamError(f"{data}: slice dataset has modalities {','.join(info['modalities'])}, not {','.join(settings.modalities)}")
+        if int(info["image_size"]) != settings.image_size:
+            raise AmecamError(f"{data}: slice dataset has image size {info['image_size']}, not {settings.image_size}")
+        logger.info("using the slice dataset %s as it is", data)
+        return data, json.loads((data / "dataset.json").read_text())
+    cases = find_cases(data, settings.modalities, pattern=pattern)
+    slices = output / "slices"
+    slice_settings = SliceSettings(
+        modalities=settings.modalities, image_size=settings.image_size, min_tumor_fraction=settings.min_tumor_fraction,
+        ambiguous=settings.ambiguous, val_fraction=settings.val_fraction, seed=settings.seed,
+    )
+    slice_dataset(cases, slices, slice_settings)
+    return slices, json.loads((slices / "dataset.json").read_text())
+
+
+def _update_metadata(root: Path, settings: TrainSettings, data: Path, dataset_info: dict, summaries: dict) -> dict:
+    import monai
+    import numpy
+    import torch
+
+    metadata = read_metadata(root)
+    image = metadata["network_data_format"]["inputs"]["image"]
+    image["num_channels"] = len(settings.modalities)
+    image["spatial_shape"] = [settings.image_size, settings.image_size]
+    image["channel_def"] = {str(i): m for i, m in enumerate(settings.modalities)}
+    metadata["network_data_format"]["outputs"]["pred"]["spatial_shape"] = [settings.image_size, settings.image_size]
+    metadata["monai_version"] = monai.__version__
+    metadata["pytorch_version"] = torch.__version__.split("+")[0]
+    metadata["numpy_version"] = numpy.__version__
+    stage1 = summaries.get("stage1", {})
+    metadata["eval_metrics"] = {"val_slice_auc": stage1.get("best_val_auc")}
+    metadata["bundle_name"] = f"amecam_{'_'.join(settings.modalities)}"
+    metadata["amecam_training"] = {
+        "kind": "amecam",
+        "amecam_version": __version__,
+        "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": str(data),
+        "settings": settings.as_dict(),
+        "split": dataset_info.get("split", {}),
+        "slice_settings": dataset_info.get("settings", {}),
+        "stage1": {k: stage1.get(k) for k in ("best_epoch", "best_val_auc", "n_train", "n_val")},
+        "stage2": {k: summaries.get("stage2", {}).get(k) for k in ("best_epoch", "polarity", "n_train", "n_val")},
+        "pretrain": settings.pretrain,
+    }
+    write_metadata(root, metadata)
+    return metadata
+
+
+def export_torchscript(root: Path, network: Any, image_size: int, in_channels: int) -> Path:
+    """Trace the inference network to ``models/model.ts`` and check it reproduces the eager output."""
+    import torch
+
+    network = network.cpu().eval()
+    example = torch.rand(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), _quiet_tracer_warnings():
+        traced = torch.jit.trace(network, example, check_trace=False)
+        difference = float((traced(example) - network(example)).abs().max())
+    if difference > 1e-4:
+        raise RuntimeError(f"TorchScript trace differs from the eager network by {difference:.2e}")
+    path = root / "models" / "model.ts"
+    tmp = path.with_name(".model.ts.tmp")
+    torch.jit.save(traced, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_tracer_warnings() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _write_model_card(root: Path, metadata: dict) -> None:
+    card = root / "docs" / "README.md"
+    training = metadata["amecam_training"]
+    split = training.get("split", {})
+    lines = [
+        "",
+        "## This copy",
+        "",
+        f"- Trained {training['trained']} with amecam {training['amecam_version']} on `{training['data']}`.",
+        f"- Modalities: {', '.join(training['settings']['modalities'])}; slice size {training['settings']['image_size']}; seed {training['settings']['seed']}.",
+        f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
+        f"- Stage 1 best epoch {training['stage1']['best_epoch']} with validation slice AUC {training['stage1']['best_val_auc']}.",
+        f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
+        "",
+    ]
+    text = card.read_text().split("\n## This copy")[0].rstrip("\n")
+    card.write_text(text + "\n" + "\n".join(lines))
+
+
+def train_bundle(
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    settings: dict | None = None,
+    config: str | os.PathLike | None = None,
+    pattern: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train AME-CAM on ``data`` and leave a complete bundle in ``output``.
+
+    Args:
+        data: dataset folder, datalist JSON or slice dataset (from ``amecam slice``).
+        output: run folder; becomes the bundle.
+        settings: command-line settings (None values = not given), see :class:`TrainSettings`.
+        config: optional YAML/JSON settings file.
+        pattern: naming pattern for the data (see ``amecam_cli.cases``).
+        resume: continue an interrupted run in ``output`` with its saved settings.
+        overwrite: start again in a non-empty ``output``.
+
+    Returns:
+        Paths and the stage summaries.
+    """
+    import torch
+
+    data, output = Path(data), Path(output)
+    if not data.exists():
+        raise AmecamError(f"{data}: no such file or folder")
+    saved = _prepare_run_folder(output, resume=resume, overwrite=overwrite)
+    resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
+    (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n")
+    (output / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(output / "logs" / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in _LOG_NAMESPACES]  # the log file gets INFO whatever the console shows
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        slices, dataset_info = _slice_if_needed(data, output, resolved, pattern)
+        metadata = read_metadata(output)
+        metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
+        metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}
+        write_metadata(output, metadata)
+        common = dict(bundle_root=str(output), dataset_dir=str(slices), device=resolved.device, seed=resolved.seed,
+                      batch_size=resolved.batch_size, progress=progress)
+        models = output / "models"
+        summaries: dict[str, dict] = {}
+        if resolved.pretrain == "simclr":
+            summaries["stage0"] = _run_stage(output, "train_stage0.yaml", models / "stage0.json", models / "simclr_encoder.pt",
+                                             resume=resume, epochs=resolved.pretrain_epochs, **common)
+        summaries["stage1"] = _run_stage(output, "train_stage1.yaml", models / "stage1.json", models / "classifier.pt",
+                                         resume=resume, epochs=resolved.epochs, learning_rate=resolved.learning_rate, **common)
+        summaries["stage2"] = _run_stage(output, "train_stage2.yaml", models / "stage2.json", models / "model.pt",
+                                         resume=resume, epochs=resolved.attention_epochs,
+                                         learning_rate=resolved.attention_learning_rate, **common)
+        metadata = _update_metadata(output, resolved, data, dataset_info, summaries)
+        from .bundle import instantiate_network
+
+        network = instantiate_network(output)
+        network.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
+        export_torchscript(output, network, resolved.image_size, len(resolved.modalities))
+        _write_model_card(output, metadata)
+    except ValueError as exc:  # the trainers report data problems as ValueError
+        raise AmecamError(str(exc)) from exc
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+    logger.info("bundle ready: %s (validation slice AUC %s)", output, summaries["stage1"].get("best_val_auc"))
+    return {"bundle": output, "slices": slices, "summaries": summaries}
+
+
+def _run_stage(root: Path, config: str, summary: Path, product: Path, *, resume: bool, **overrides: Any) -> dict:
+    if resume and summary.is_file() and product.is_file():
+        logger.info("%s: already complete, skipped", config)
+        return json.loads(summary.read_text())
+    logger.info("running %s", config)
+    result = run_config(root, config, resume=resume, **overrides)
+    return result[0] if result else {}

@@ -1,0 +1,109 @@
+"""Bundles: export, verify, zips, and running with plain `python -m monai.bundle run`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from amecam_cli.bundle import bundle_template, export_bundle, open_bundle, verify_bundle
+from amecam_cli.errors import AmecamError
+
+from .conftest import planted_case, save_nifti
+
+
+def test_template_is_installed_with_the_package():
+    root = bundle_template()
+    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/train_stage1.yaml", "scripts/networks.py",
+                 "docs/README.md", "LICENSE"):
+        assert (root / name).is_file(), name
+
+
+def test_export_and_verify_offline(tmp_path, tiny_bundle):
+    archive = export_bundle(tiny_bundle, tmp_path / "amecam_flair_v0.1.0.zip")
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+    assert "amecam_flair_v0.1.0/models/model.pt" in names and "amecam_flair_v0.1.0/models/model.ts" in names
+    assert not any("/slices/" in n or "/checkpoints/" in n or "/logs/" in n for n in names)
+    rows = verify_bundle(archive)
+    assert all(passed for _, passed, _ in rows), rows
+    assert {name for name, _, _ in rows} >= {"metadata fields", "network input/output vs network_data_format", "TorchScript matches eager"}
+    with pytest.raises(AmecamError, match="already exists"):
+        export_bundle(tiny_bundle, archive)
+
+
+def test_verify_reports_a_broken_bundle(tmp_path, tiny_bundle):
+    import json
+    import shutil
+
+    broken = tmp_path / "b"
+    shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    meta = json.loads((broken / "configs" / "metadata.json").read_text())
+    del meta["intended_use"]
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 3
+    (broken / "configs" / "metadata.json").write_text(json.dumps(meta))
+    rows = {name: (passed, detail) for name, passed, detail in verify_bundle(broken)}
+    assert rows["metadata fields"] == (False, "missing: intended_use")
+    assert rows["network input/output vs network_data_format"][0] is False
+
+
+def _zip_with(tmp_path, entries):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("bad", ["../outside.txt", "/abs/path.txt", "b/../../outside.txt"])
+def test_zip_entries_outside_the_bundle_are_refused(tmp_path, bad, monkeypatch):
+    monkeypatch.setenv("AMECAM_CACHE", str(tmp_path / "cache"))
+    archive = _zip_with(tmp_path, [("b/configs/metadata.json", "{}"), (bad, "x")])
+    with pytest.raises(AmecamError, match="refusing entry"):
+        open_bundle(archive)
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "cache" / "outside.txt").exists()
+
+
+def test_zip_symlink_entry_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMECAM_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "link.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo("b/configs/link")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(AmecamError, match="symbolic link"):
+        open_bundle(path)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(AmecamError, match="not a bundle"):
+        open_bundle(tmp_path)
+    (tmp_path / "x.zip").write_bytes(b"junk")
+    with pytest.raises(AmecamError, match="not a valid zip"):
+        open_bundle(tmp_path / "x.zip")
+
+
+def test_monai_bundle_run_without_amecam(tmp_path, tiny_bundle):
+    """The inference config runs with `python -m monai.bundle run` in a process that cannot import amecam."""
+    image, _ = planted_case(seed=5)
+    affine = np.diag([1.1, 0.9, 2.0, 1.0])
+    src = save_nifti(tmp_path / "vol_flair.nii.gz", image.astype(np.int16), affine)
+    out = tmp_path / "vol_mask.nii.gz"
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    for name in ("amecam_cli", "amecam_bundle"):  # shadow the toolkit: importing it fails
+        (guard / name).mkdir()
+        (guard / name / "__init__.py").write_text("raise ImportError('amecam must not be needed')\n")
+    env = {**os.environ, "PYTHONPATH": str(guard)}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_bundle / "configs" / "inference.yaml"),
+           "--bundle_root", str(tiny_bundle), "--image", str(src), "--output", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mask = nib.load(str(out))
+    assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(mask.affine, affine)

@@ -1,0 +1,120 @@
+"""amecam infer (amecam_cli/inference.py) and the bundle's VolumePredictor."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from amecam_cli.errors import AmecamError
+from amecam_cli.inference import run_inference
+
+from .conftest import planted_case, save_nifti
+
+
+def _volume(tmp_path, name="patient_flair.nii.gz", affine=None):
+    image, _ = planted_case(seed=11)
+    affine = affine if affine is not None else np.array([[0, 1.2, 0, -5], [-0.9, 0, 0, 30], [0, 0, 2.5, 7], [0, 0, 0, 1]])
+    return save_nifti(tmp_path / name, image.astype(np.int16), affine)
+
+
+def test_train_then_infer_keeps_the_input_geometry(tmp_path, tiny_bundle):
+    src = _volume(tmp_path)  # an oblique, permuted affine: the mask must come back on this grid
+    results = run_inference(src, tmp_path / "out" / "mask.nii.gz", tiny_bundle, save_cam=tmp_path / "out" / "cam.nii.gz",
+                            device="cpu", progress=False)
+    mask = nib.load(str(tmp_path / "out" / "mask.nii.gz"))
+    cam = nib.load(str(tmp_path / "out" / "cam.nii.gz"))
+    reference = nib.load(str(src))
+    assert mask.shape == reference.shape and cam.shape == reference.shape
+    np.testing.assert_allclose(mask.affine, reference.affine)
+    assert mask.get_data_dtype() == np.uint8 and cam.get_data_dtype() == np.float32
+    values = np.asanyarray(mask.dataobj)
+    assert set(np.unique(values)) <= {0, 1}
+    cam_values = np.asanyarray(cam.dataobj)
+    assert cam_values.min() >= 0 and cam_values.max() <= 1
+    assert results[0]["tumour_slices"] == int(values.any(axis=(0, 1)).sum())
+    assert set(results[0]["seconds"]) >= {"read", "preprocess", "network", "postprocess", "write"}
+
+
+def test_mha_in_mha_out(tmp_path, tiny_bundle):
+    image, _ = planted_case(seed=3)
+    itk = sitk.GetImageFromArray(image.transpose(2, 1, 0))
+    itk.SetSpacing((0.9, 0.9, 3.0))
+    itk.SetOrigin((1.0, 2.0, 3.0))
+    sitk.WriteImage(itk, str(tmp_path / "scan.mha"))
+    run_inference(tmp_path / "scan.mha", tmp_path / "scan_mask.mha", tiny_bundle, device="cpu", progress=False)
+    out = sitk.ReadImage(str(tmp_path / "scan_mask.mha"))
+    assert out.GetSize() == itk.GetSize() and out.GetSpacing() == pytest.approx(itk.GetSpacing())
+    assert out.GetOrigin() == pytest.approx(itk.GetOrigin()) and out.GetPixelID() == sitk.sitkUInt8
+
+
+def test_a_dataset_folder_gives_one_mask_per_case(tmp_path, tiny_bundle, tiny_dataset):
+    results = run_inference(tiny_dataset, tmp_path / "masks", tiny_bundle, device="cpu", progress=False)
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"CASE_{i:02d}_mask.nii.gz" for i in range(6)]
+    assert len(results) == 6
+
+
+def test_crf_and_threshold_change_the_mask(tmp_path, tiny_bundle):
+    src = _volume(tmp_path)
+    run_inference(src, tmp_path / "low.nii.gz", tiny_bundle, threshold=0.2, device="cpu", progress=False)
+    run_inference(src, tmp_path / "high.nii.gz", tiny_bundle, threshold=0.8, device="cpu", progress=False)
+    low = np.asanyarray(nib.load(str(tmp_path / "low.nii.gz")).dataobj)
+    high = np.asanyarray(nib.load(str(tmp_path / "high.nii.gz")).dataobj)
+    assert high.sum() <= low.sum() and not (high & ~low).any()  # a higher threshold only removes voxels
+    run_inference(src, tmp_path / "crf.nii.gz", tiny_bundle, crf=True, threshold=0.2, device="cpu", progress=False)
+    crf = np.asanyarray(nib.load(str(tmp_path / "crf.nii.gz")).dataobj)
+    assert crf.dtype == np.uint8 and set(np.unique(crf)) <= {0, 1}
+    assert not (crf & ~(low.any(axis=(0, 1), keepdims=True))).any()  # CRF only on slices with a candidate
+
+
+@pytest.mark.parametrize(
+    ("setup", "kwargs", "message"),
+    [
+        ("missing", {}, "no such file or folder"),
+        ("corrupt", {}, "cannot read NIfTI volume"),
+        ("flat", {}, "volume is 2-D"),
+        ("t1name", {}, "looks like a t1 volume (by its name) but the bundle was trained on flair"),
+        ("plain", {"modality": "t1"}, "the bundle was trained on flair; it cannot segment t1 images"),
+        ("exists", {}, "output already exists (pass --overwrite"),
+        ("plain", {"threshold": 1.5}, "--threshold must be in [0, 1]"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(tmp_path, tiny_bundle, setup, kwargs, message):
+    src = tmp_path / "patient_flair.nii.gz"
+    if setup in ("plain", "corrupt", "exists", "t1name"):
+        _volume(tmp_path)
+    if setup == "corrupt":
+        src.write_bytes(src.read_bytes()[:400])
+    if setup == "flat":
+        save_nifti(src, np.zeros((20, 20), np.int16))
+    if setup == "t1name":
+        src = src.rename(tmp_path / "patient_t1.nii.gz")
+    out = tmp_path / "mask.nii.gz"
+    if setup == "exists":
+        out.write_bytes(b"keep me")
+    with pytest.raises(AmecamError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        run_inference(src, out, tiny_bundle, device="cpu", progress=False, **kwargs)
+    if setup == "exists":
+        assert out.read_bytes() == b"keep me"
+    else:
+        assert not out.exists()
+
+
+def test_t1_named_file_is_accepted_when_the_user_insists(tmp_path, tiny_bundle):
+    src = _volume(tmp_path, name="scan_t1.nii.gz")
+    run_inference(src, tmp_path / "m.nii.gz", tiny_bundle, modality="flair", device="cpu", progress=False)
+    assert (tmp_path / "m.nii.gz").exists()
+
+
+def test_bundle_without_weights(tmp_path, tiny_bundle):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    (broken / "models" / "model.pt").unlink()
+    with pytest.raises(AmecamError, match="bundle has no weights \\(models/model.pt\\)"):
+        run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
+    (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AmecamError, match="cannot load the weights"):
+        run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")

@@ -1,0 +1,93 @@
+"""amecam train-seg: pseudo-label U-Net bundles, and how infer / evaluate / explain take them."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from amecam_cli.errors import AmecamError
+from amecam_cli.cli import main
+
+from .conftest import planted_case, save_nifti
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(tiny_bundle, tmp_path_factory):
+    from amecam_cli.segmentation import train_segmentation
+
+    out = tmp_path_factory.mktemp("seg") / "segrun"
+    data = tiny_bundle.parent / "data"
+    train_segmentation(tiny_bundle, data, out, epochs=2, batch_size=4, device="cpu", progress=False)
+    return out
+
+
+def test_seg_bundle_is_complete_and_uses_the_amecam_split(seg_bundle, tiny_bundle):
+    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/train_seg.yaml", "models/model.pt", "models/model.ts",
+                 "docs/README.md", "slices/manifest.csv"):
+        assert (seg_bundle / name).is_file(), name
+    assert not list((seg_bundle / "configs").glob("train_stage*.yaml"))
+    meta = json.loads((seg_bundle / "configs" / "metadata.json").read_text())
+    source = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
+    assert meta["amecam_training"]["kind"] == "segmentation" and meta["amecam_training"]["labels"] == "pseudo"
+    assert meta["amecam_training"]["split"] == source["amecam_training"]["split"]
+    pseudo = np.load(next((seg_bundle / "slices" / "pseudo").glob("*.npy")))
+    assert pseudo.dtype == np.float16 and 0 <= pseudo.min() and pseudo.max() <= 1
+
+
+def test_pseudo_labels_only_on_tumour_slices(seg_bundle):
+    import csv
+
+    rows = list(csv.DictReader(open(seg_bundle / "slices" / "manifest.csv")))
+    for name in {r["file"] for r in rows}:
+        maps = np.load(seg_bundle / "slices" / "pseudo" / f"{name}.npy")
+        for r in rows:
+            if r["file"] == name and r["label"] != "tumor":
+                assert maps[int(r["row"])].max() == 0
+
+
+def test_infer_and_evaluate_take_the_seg_bundle(tmp_path, seg_bundle, tiny_dataset, capsys):
+    image, _ = planted_case(seed=4)
+    src = save_nifti(tmp_path / "v_flair.nii.gz", image.astype(np.int16))
+    assert main(["infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(seg_bundle), "--device", "cpu"]) == 0
+    mask = nib.load(str(tmp_path / "m.nii.gz"))
+    assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
+    code = main(["evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(seg_bundle), "-o", str(tmp_path / "r"),
+                 "--methods", "amecam,exit1", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert set(report["methods"]) == {"amecam", "exit1", "unet_pseudo"}  # its own row beside AME-CAM
+    assert report["methods"]["unet_pseudo"]["slice"]["n"] == report["methods"]["amecam"]["slice"]["n"] > 0
+
+
+def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
+    image, _ = planted_case(seed=4)
+    src = save_nifti(tmp_path / "v_flair.nii.gz", image.astype(np.int16))
+    for method in ("seg-gradcam", "seg-hirescam"):
+        code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / f"{method}.nii.gz"), "--method", method,
+                     "--pixels", "point:16,16,6", "--device", "cpu", "--png_dir", str(tmp_path / "png")])
+        assert code == 0, capsys.readouterr().err
+        heat = np.asanyarray(nib.load(str(tmp_path / f"{method}.nii.gz")).dataobj)
+        assert heat.shape == image.shape and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
+        assert heat[:, :, 6].max() > 0 and heat[:, :, [z for z in range(12) if z != 6]].max() == 0  # only the point's slice
+    code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / "x.nii.gz"), "--layer", "nope"])
+    assert code == 2 and "--layer must be one of" in capsys.readouterr().err
+
+
+def test_train_seg_refuses_a_seg_bundle_as_source(tmp_path, seg_bundle, tiny_dataset):
+    from amecam_cli.segmentation import train_segmentation
+
+    with pytest.raises(AmecamError, match="needs an AME-CAM bundle"):
+        train_segmentation(seg_bundle, tiny_dataset, tmp_path / "x", epochs=1, device="cpu")
+
+
+def test_supervised_upper_bound_uses_masks(tmp_path, tiny_bundle):
+    from amecam_cli.segmentation import train_segmentation
+
+    out = tmp_path / "sup"
+    train_segmentation(tiny_bundle, tiny_bundle.parent / "data", out, epochs=1, batch_size=4, device="cpu", supervised=True, progress=False)
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["amecam_training"]["labels"] == "masks" and "upper bound" in meta["name"]
+    assert not (out / "slices" / "pseudo").exists()

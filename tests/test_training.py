@@ -1,0 +1,104 @@
+"""amecam_cli/training.py: a whole training run leaves a complete, self-contained bundle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from amecam_cli.errors import AmecamError
+from amecam_cli.training import TrainSettings, resolve_settings, train_bundle
+
+from .conftest import TINY_SETTINGS, write_brats_case
+
+
+def test_trained_bundle_is_complete(tiny_bundle):
+    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/train_stage1.yaml", "configs/train_stage2.yaml",
+                 "configs/logging.conf", "scripts/networks.py", "docs/README.md", "LICENSE", "models/model.pt",
+                 "models/model.ts", "models/classifier.pt", "models/stage1.json", "models/stage2.json", "logs/train.log",
+                 "slices/manifest.csv"):
+        assert (tiny_bundle / name).is_file(), name
+    metadata = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
+    training = metadata["amecam_training"]
+    assert training["settings"]["image_size"] == 64 and training["settings"]["modalities"] == ["flair"]
+    assert sorted(training["split"]) == [f"CASE_{i:02d}" for i in range(6)]
+    assert set(training["split"].values()) == {"train", "val"}
+    assert training["stage2"]["polarity"] in (1.0, -1.0)
+    image = metadata["network_data_format"]["inputs"]["image"]
+    assert image["spatial_shape"] == [64, 64] and image["channel_def"] == {"0": "flair"}
+    stage1 = json.loads((tiny_bundle / "models" / "stage1.json").read_text())
+    assert len(stage1["history"]) == 2 and 1 <= stage1["best_epoch"] <= 2
+    assert "## This copy" in (tiny_bundle / "docs" / "README.md").read_text()
+
+
+def test_resume_continues_after_the_last_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    for i in range(4):
+        write_brats_case(data, f"C{i}", seed=i)
+    run = tmp_path / "run"
+    train_bundle(data, run, settings=dict(TINY_SETTINGS), progress=False)
+    before = json.loads((run / "models" / "stage1.json").read_text())["history"]
+    # roll the run back to "interrupted after stage-1 epoch 1": keep that checkpoint, drop everything later
+    checkpoint = run / "models" / "checkpoints" / "stage1.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    state["epoch"], state["history"] = 0, state["history"][:1]
+    state["best"] = {"auc": state["history"][0]["val_auc"][-1], "loss": state["history"][0]["val_loss"], "epoch": 1}
+    torch.save(state, checkpoint)
+    for name in ("stage1.json", "stage2.json", "model.pt", "model.ts"):
+        (run / "models" / name).unlink()
+    (run / "models" / "checkpoints" / "stage2.pt").unlink()
+    train_bundle(data, run, resume=True, progress=False)
+    after = json.loads((run / "models" / "stage1.json").read_text())["history"]
+    assert len(after) == 2
+    assert after[0] == before[0]  # epoch 1 was not trained again
+    assert "resuming after epoch 1" in (run / "logs" / "train.log").read_text()
+    assert (run / "models" / "model.pt").is_file()
+    with pytest.raises(AmecamError, match="--image_size 96 differs from the run being resumed"):
+        train_bundle(data, run, settings={"image_size": 96}, resume=True, progress=False)
+
+
+def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_dataset):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(AmecamError, match="not empty; pass --resume .* or --overwrite"):
+        train_bundle(tiny_dataset, tmp_path / "run", settings=dict(TINY_SETTINGS))
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    with pytest.raises(AmecamError, match="nothing to resume"):
+        train_bundle(tiny_dataset, tmp_path / "other", resume=True)
+
+
+def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
+    config = tmp_path / "settings.yaml"
+    config.write_text("epochs: 7\nimage_size: 64\nmodalities: flair,t1ce\n")
+    with caplog.at_level("INFO"):
+        settings = resolve_settings(config=config, image_size=96, seed=None)
+    assert settings.epochs == 7 and settings.image_size == 96 and settings.modalities == ("flair", "t1ce")
+    assert settings.attention_epochs == TrainSettings().attention_epochs
+    assert "setting image_size = 96 (command line)" in caplog.text and f"setting epochs = 7 ({config})" in caplog.text
+    config.write_text("epoch: 7\n")
+    with pytest.raises(AmecamError, match="unknown settings epoch"):
+        resolve_settings(config=config)
+    with pytest.raises(AmecamError, match="--pretrain must be one of none, simclr, got 'byol'"):
+        resolve_settings(pretrain="byol")
+    with pytest.raises(AmecamError, match="--device must be one of auto, cpu, cuda"):
+        resolve_settings(device="tpu")
+
+
+def test_simclr_pretraining_feeds_stage_1(tmp_path):
+    data = tmp_path / "data"
+    for i in range(4):
+        write_brats_case(data, f"C{i}", seed=i)
+    run = tmp_path / "run"
+    train_bundle(data, run, settings={**TINY_SETTINGS, "pretrain": "simclr", "pretrain_epochs": 1, "epochs": 1}, progress=False)
+    assert (run / "models" / "simclr_encoder.pt").is_file()
+    assert "encoder initialised from" in (run / "logs" / "train.log").read_text()
+    assert json.loads((run / "configs" / "metadata.json").read_text())["amecam_training"]["pretrain"] == "simclr"
+
+
+def test_multi_channel_training(tmp_path, tiny_dataset):
+    run = tmp_path / "run"
+    train_bundle(tiny_dataset, run, settings={**TINY_SETTINGS, "modalities": "flair,t1ce", "epochs": 1}, progress=False)
+    metadata = json.loads((run / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 2
+    assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "flair", "1": "t1ce"}
