@@ -1,0 +1,112 @@
+"""Helpers shared by the benchmark scripts: case-level splits as datalists, running amecam, timing.
+
+Every benchmark drives the public ``amecam`` commands in subprocesses, so each number in
+``docs/benchmarks.md`` comes from commands anyone can rerun; outputs go under ``bench_output/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AMECAM_SHARED_DATA", REPO.parent / "shared" / "data"))
+OUTPUT = Path(os.environ.get("AMECAM_BENCH_OUTPUT", REPO / "bench_output"))
+
+
+def amecam(*args: str, log: Path | None = None) -> float:
+    """Run ``amecam ARGS`` (the installed console script of this interpreter); returns wall seconds."""
+    executable = Path(sys.executable).with_name("amecam")
+    command = [str(executable), *map(str, args)]
+    print("$ amecam " + shlex.join(map(str, args)), flush=True)
+    started = time.perf_counter()
+    with open(log, "a") if log else open(os.devnull, "w") as sink:
+        result = subprocess.run(command, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
+    if result.returncode != 0:
+        raise SystemExit(f"amecam {' '.join(map(str, args))} failed with status {result.returncode}" + (f" (see {log})" if log else ""))
+    return time.perf_counter() - started
+
+
+def write_datalist(path: Path, cases: list, modalities: tuple[str, ...]) -> Path:
+    """A datalist JSON naming each case's files, so a split is explicit and reusable."""
+    entries = []
+    for case in cases:
+        entry = {"case": case.case_id, **{m: str(case.images[m].resolve()) for m in modalities}}
+        if case.label is not None:
+            entry["label"] = str(case.label.resolve())
+        if case.brainmask is not None:
+            entry["brainmask"] = str(case.brainmask.resolve())
+        entries.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"training": entries}, indent=1) + "\n")
+    return path
+
+
+def split_by_case(cases: list, n_test: int, seed: int) -> tuple[list, list]:
+    """Seeded case-level split: ``n_test`` cases held out, the rest for training."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(cases))
+    test = sorted((cases[i] for i in order[:n_test]), key=lambda c: c.case_id)
+    train = sorted((cases[i] for i in order[n_test:]), key=lambda c: c.case_id)
+    return train, test
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def table(report: dict, rows: list[str] | None = None) -> str:
+    """Compact markdown table of a report.json: slice and volume Dice/IoU/HD95 per method."""
+    from amecam_cli.evaluation import METHOD_LABELS
+
+    def fmt(level: dict, key: str, digits: int = 3) -> str:
+        value = level.get(key)
+        if value is None or value != value:
+            return "n/a"
+        return f"{value:.{digits}f} ± {level.get(key + '_std', 0):.{digits}f}"
+
+    lines = ["| Method | Slice Dice | Slice IoU | Slice HD95 (mm) | Volume Dice | Volume IoU | Volume HD95 (mm) |", "|---|---|---|---|---|---|---|"]
+    for name in rows or list(report["methods"]):
+        if name not in report["methods"]:
+            continue
+        row = report["methods"][name]
+        base, _, suffix = name.partition("+")
+        label = METHOD_LABELS.get(base, base) + (" + DenseCRF" if suffix == "crf" else "")
+        s, v = row["slice"], row["volume"]
+        lines.append(f"| {label} | {fmt(s, 'dice')} | {fmt(s, 'iou')} | {fmt(s, 'hd95', 1)} | {fmt(v, 'dice')} | {fmt(v, 'iou')} | {fmt(v, 'hd95', 1)} |")
+    return "\n".join(lines)
+
+
+def train_and_evaluate(out: Path, train_list: Path, test_list: Path, *, modality: str, epochs: int, attention_epochs: int,
+                       image_size: int, seed: int, methods: str = "all", budget: int = 32, crf: bool = True,
+                       extra_train: list | None = None, extra_evaluate: list | None = None) -> tuple[dict, dict]:
+    """``amecam train`` on ``train_list`` (resumed or reused when already there), then ``amecam evaluate`` on ``test_list``.
+
+    Returns:
+        ``(report, timings)``.
+    """
+    log = out / "commands.log"
+    run = out / "run"
+    timings = {}
+    train_args = ["train", "--data_dir", train_list, "--output_dir", run, "--modality", modality, "--epochs", epochs,
+                  "--attention_epochs", attention_epochs, "--image_size", image_size, "--seed", seed, "--device", "cpu",
+                  *(extra_train or [])]
+    if (run / "models" / "model.ts").is_file():
+        print(f"reusing the trained bundle in {run}")
+    else:
+        resume = ["--resume"] if (run / "configs" / "amecam_train.json").is_file() else []
+        timings["train"] = amecam(*train_args, *resume, log=log)
+    report_dir = out / "report"
+    evaluate_args = ["evaluate", "--data_dir", test_list, "--bundle", run, "-o", report_dir, "--methods", methods,
+                     "--budget", budget, "--device", "cpu", "--overwrite", *(["--crf"] if crf else []), *(extra_evaluate or [])]
+    timings["evaluate"] = amecam(*evaluate_args, log=log)
+    return json.loads((report_dir / "report.json").read_text()), timings

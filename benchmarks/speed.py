@@ -1,0 +1,227 @@
+"""CPU speed, measured side by side: the naive pipeline against amecam's, at equal epochs and on the same cases.
+
+    python benchmarks/speed.py train      # training throughput and the Dice each pipeline reaches
+    python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass
+
+``train`` trains AME-CAM twice on the 16 training cases of the synthetic benchmark cohort (seed 0) for
+the same number of epochs and scores both on every tumour slice of the 6 test cases (threshold 0.5,
+no CRF, the same code for both):
+
+* naive: MONAI's default ResNet stem (7x7 stride 1 + max pool), whole slices resized to 128 (no crop to
+  the brain), every labelled slice every epoch, fp32 contiguous tensors;
+* amecam: the shipped pipeline -- stride-2 stem, slices cropped to the brain, normal slices sampled in
+  balance with tumour slices, channels-last tensors, maps skipped on slices the classifier calls normal.
+
+``infer`` times ``amecam infer`` end to end in a fresh process (start-up, reading, preprocessing,
+network, writing) against a fresh process that only builds MONAI's ResNet-18 and runs it over the
+same 155 slices at 128x128, and reports where amecam's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import OUTPUT, amecam, machine, split_by_case  # noqa: E402
+
+
+def _naive_slices(cases, out: Path, size: int, seed: int) -> Path:
+    """A slice dataset like ``amecam slice`` writes, but of whole slices (no crop to the brain)."""
+    from amecam_bundle.scripts.preprocess import extract_slices, prepare_volume
+
+    from amecam_cli.cases import load_case
+    from amecam_cli.slicing import MANIFEST_FIELDS, label_slices, split_cases
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    split = split_cases([c.case_id for c in cases], val_fraction=0.2, seed=seed)
+    rows = []
+    for case in cases:
+        loaded = load_case(case)
+        prepared = prepare_volume(loaded.channels)
+        nx, ny = prepared.brain.shape[:2]
+        side = max(nx, ny)
+        box = ((nx - side) // 2, (nx - side) // 2 + side, (ny - side) // 2, (ny - side) // 2 + side)
+        zs = prepared.brain_slices
+        images = extract_slices(prepared.image, box, zs, size).numpy().astype(np.float16)
+        np.save(out / "images" / f"{case.case_id}.npy", images)
+        labels, fractions = label_slices(loaded.label, zs, min_tumor_fraction=0.01)
+        for row, z in enumerate(zs):
+            rows.append({"case": case.case_id, "slice": int(z), "z": int(z), "row": row, "label": labels[row],
+                         "tumor_fraction": fractions[row], "brain_fraction": 0, "split": split[case.case_id], "file": case.case_id})
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "dataset.json").write_text(json.dumps({"format": "amecam-slices", "settings": {"modalities": ["flair"], "image_size": size},
+                                                  "split": split}))
+    return out
+
+
+def _slice_dice(network, cases, size: int, crop: bool) -> tuple[float, int, float]:
+    """Mean slice-level Dice of the final AME-CAM map on every tumour slice; also slices/s of the maps."""
+    import torch
+
+    from amecam_bundle.scripts.preprocess import extract_slices, paste_slices, prepare_volume
+
+    from amecam_cli.cases import load_case
+    from amecam_cli.metrics import dice
+
+    scores, seconds, n = [], 0.0, 0
+    network.eval()
+    for case in cases:
+        loaded = load_case(case)
+        prepared = prepare_volume(loaded.channels)
+        nx, ny = prepared.brain.shape[:2]
+        side = max(nx, ny)
+        box = prepared.box if crop else ((nx - side) // 2, (nx - side) // 2 + side, (ny - side) // 2, (ny - side) // 2 + side)
+        area = nx * ny
+        zs = [z for z in prepared.brain_slices if loaded.label[:, :, z].sum() > 0.01 * area]
+        x = extract_slices(prepared.image, box, zs, size)
+        if crop:
+            x = x.contiguous(memory_format=torch.channels_last)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            final = torch.cat([network.all_maps(x[i : i + 32])["final"][:, 0] for i in range(0, len(x), 32)])
+        seconds += time.perf_counter() - started
+        n += len(zs)
+        full = paste_slices(final, box, (nx, ny)).numpy()
+        for i, z in enumerate(zs):
+            scores.append(dice((full[i] >= 0.5) & prepared.brain[:, :, z], loaded.label[:, :, z]))
+    return float(np.mean(scores)), len(scores), n / seconds
+
+
+def train_benchmark(args) -> dict:
+    import torch
+
+    from amecam_bundle.scripts.networks import AMECAMNet, MultiExitResNet
+    from amecam_bundle.scripts.train import AttentionTrainer, ClassifierTrainer
+
+    from amecam_cli.cases import find_cases
+    from amecam_cli.slicing import SliceSettings, slice_dataset
+
+    out = args.out / "train"
+    cohort = OUTPUT / "cohort_seed0_n22"
+    amecam("synth", cohort, "--n_cases", 22, "--seed", 0)
+    cases = find_cases(cohort, "flair")
+    train, test = split_by_case(cases, 6, 0)
+    results = {}
+    for name in ("amecam", "naive"):
+        folder = out / name
+        naive = name == "naive"
+        if naive:
+            slices = folder / "slices" if (folder / "slices" / "manifest.csv").exists() else _naive_slices(train, folder / "slices", 128, 0)
+        else:
+            slices = folder / "slices"
+            slice_dataset(train, slices, SliceSettings(modalities=("flair",), image_size=128, seed=0), progress=False)
+        network_kwargs = {"stem_stride": 1} if naive else {}
+        common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=0, device="cpu",
+                      progress=False, channels_last=not naive)
+        started = time.perf_counter()
+        stage1 = ClassifierTrainer(MultiExitResNet(1, **network_kwargs), epochs=args.epochs, balance=not naive, **common).run()
+        t1 = time.perf_counter() - started
+        started = time.perf_counter()
+        stage2 = AttentionTrainer(AMECAMNet(1, **network_kwargs), classifier_weights=str(folder / "models" / "classifier.pt"),
+                                  epochs=args.attention_epochs, **common).run()
+        t2 = time.perf_counter() - started
+        network = AMECAMNet(1, **network_kwargs)
+        network.load_state_dict(torch.load(folder / "models" / "model.pt"))
+        if not naive:
+            network = network.to(memory_format=torch.channels_last)
+        slice_dice, n_slices, maps_per_s = _slice_dice(network, test, 128, crop=not naive)
+        history = stage1["history"]
+        results[name] = {
+            "stage1_seconds": t1, "stage2_seconds": t2, "train_seconds": t1 + t2,
+            "stage1_slices_per_epoch": int(np.mean([h["train_slices_per_s"] * h["seconds"] for h in history])),
+            "stage1_slices_per_s": float(np.median([h["train_slices_per_s"] for h in history])),
+            "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]])),
+            "slice_dice": slice_dice, "n_test_slices": n_slices, "inference_slices_per_s": maps_per_s,
+            "best_val_auc": stage1["best_val_auc"],
+        }
+        print(name, json.dumps(results[name], indent=1), flush=True)
+    results["speedup"] = {
+        "stage1_slices_per_s": results["amecam"]["stage1_slices_per_s"] / results["naive"]["stage1_slices_per_s"],
+        "train_wall_time": results["naive"]["train_seconds"] / results["amecam"]["train_seconds"],
+        "inference_slices_per_s": results["amecam"]["inference_slices_per_s"] / results["naive"]["inference_slices_per_s"],
+    }
+    return results
+
+
+_BARE = """
+import time, torch
+from monai.networks.nets import resnet18
+net = resnet18(spatial_dims=2, n_input_channels=1, num_classes=1).eval()
+x = torch.rand(155, 1, 128, 128)
+with torch.inference_mode():
+    for i in range(0, 155, 64):
+        net(x[i:i + 64])
+"""
+
+
+def _timed(command: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started, result.stderr
+
+
+def infer_benchmark(args) -> dict:
+    from amecam_cli.cases import find_cases
+
+    bundle = args.bundle
+    if not (bundle / "models" / "model.pt").is_file():
+        raise SystemExit(f"{bundle}: no trained bundle; run benchmarks/synthetic.py --modality flair first (or pass --bundle)")
+    cohort = OUTPUT / "cohort_seed0_n22"
+    volume = find_cases(cohort, "flair")[-1].images["flair"]
+    out = args.out / "infer"
+    out.mkdir(parents=True, exist_ok=True)
+    executable = str(Path(sys.executable).with_name("amecam"))
+    amecam_runs, bare_runs, breakdowns = [], [], []
+    for _ in range(args.repeats):
+        seconds, log = _timed([executable, "infer", str(volume), "-o", str(out / "mask.nii.gz"), "--bundle", str(bundle),
+                               "--device", "cpu", "--overwrite"])
+        amecam_runs.append(seconds)
+        match = re.search(r"timings: (\{.*\})", log)
+        if match:
+            breakdowns.append(json.loads(match.group(1)))
+        bare_runs.append(_timed([sys.executable, "-c", _BARE])[0])
+    breakdown = {k: statistics.median(b[k] for b in breakdowns) for k in breakdowns[0]} if breakdowns else {}
+    median_amecam, median_bare = statistics.median(amecam_runs), statistics.median(bare_runs)
+    return {
+        "volume": str(volume), "amecam_infer_seconds": median_amecam, "bare_resnet18_seconds": median_bare,
+        "ratio": median_amecam / median_bare, "runs": {"amecam": amecam_runs, "bare": bare_runs},
+        "amecam_breakdown_seconds": breakdown,
+        "start_up_seconds": median_amecam - sum(breakdown.values()) if breakdown else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("train", "infer"))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--attention_epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
+    parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
+    args = parser.parse_args()
+    results = train_benchmark(args) if args.part == "train" else infer_benchmark(args)
+    results["machine"] = machine()
+    results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.part}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
