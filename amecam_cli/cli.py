@@ -382,6 +382,7 @@ def evaluate(
     extra_bundles: str | None = None,
     crf: bool = False,
     threshold: float = 0.5,
+    threshold_level: float = 0.5,
     stage: int = 4,
     budget: int = 64,
     batch_size: int = 32,
@@ -400,10 +401,11 @@ def evaluate(
         data_dir: dataset folder or datalist .json with segmentations.
         bundle: trained AME-CAM bundle folder or zip.
         output: report folder (-o).
-        methods: all, or a comma-separated list of amecam, exit1..exit4, mean_exits, attention, cam, gradcam, gradcampp, layercam, scorecam, hirescam.
-        extra_bundles: comma-separated segmentation bundles (amecam train-seg) to score as rows of their own.
+        methods: all, or a comma-separated list of amecam, exit1..exit4, mean_exits, attention, cam, gradcam, gradcampp, layercam, scorecam, hirescam, and the training-free threshold, otsu.
+        extra_bundles: comma-separated segmentation bundles (amecam train-seg, e.g. --supervised for the upper-bound row) to score as rows of their own.
         crf: also score every method after DenseCRF.
         threshold: map value from which a pixel is tumour (every method).
+        threshold_level: level of the training-free threshold row on the normalised image (inverted for T1).
         stage: target stage (1-4) of the gradient baselines.
         budget: channels ScoreCAM scores per slice.
         batch_size: slices per forward pass.
@@ -413,13 +415,14 @@ def evaluate(
     """
     import shlex
 
-    from .cams import validate_methods
-    from .evaluation import EvaluationOptions, evaluate as run_evaluation
+    from .evaluation import EvaluationOptions, evaluate as run_evaluation, validate_evaluation_methods
 
     if bundle is None or output is None:
         raise AmecamError("evaluate needs --bundle RUN and -o REPORT_DIR")
+    cams, references = validate_evaluation_methods(methods)
     options = EvaluationOptions(
-        methods=validate_methods(methods), threshold=_float(threshold, "threshold"), crf=bool(crf), stage=_int(stage, "stage"),
+        methods=cams, references=references, reference_level=_float(threshold_level, "threshold_level"),
+        threshold=_float(threshold, "threshold"), crf=bool(crf), stage=_int(stage, "stage"),
         budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1), device=str(device),
     )
     extra = [_path(p.strip(), "extra_bundles") for p in str(extra_bundles).split(",") if p.strip()] if extra_bundles else []

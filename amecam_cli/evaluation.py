@@ -23,7 +23,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -45,14 +45,35 @@ METHOD_LABELS = {
     "cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "layercam": "LayerCAM",
     "scorecam": "ScoreCAM", "hirescam": "HiResCAM",
     "unet_pseudo": "U-Net on AME-CAM pseudo-labels",
-    "unet_supervised": "U-Net, fully supervised (uses expert masks)",
+    "supervised": "Supervised U-Net (trained on expert masks; upper bound)",
+    "threshold": "Brightness threshold (no training)",
+    "otsu": "Otsu threshold per volume (no training)",
 }
 
 
+def validate_evaluation_methods(methods: str | list | tuple) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``all`` or a list of CAM rows and reference rows -> ``(cam_methods, reference_methods)``."""
+    from .cams import METHODS, validate_methods
+    from .references import REFERENCE_METHODS
+
+    names = [m.strip().lower() for m in methods.split(",")] if isinstance(methods, str) else [str(m).lower() for m in methods]
+    if names == ["all"]:
+        return METHODS, REFERENCE_METHODS
+    references = tuple(m for m in names if m in REFERENCE_METHODS)
+    rest = [m for m in names if m not in REFERENCE_METHODS]
+    try:
+        cams = validate_methods(rest) if rest else ()
+    except AmecamError as exc:
+        raise AmecamError(f"{exc} (rows without training: {', '.join(REFERENCE_METHODS)})") from exc
+    if not cams and not references:
+        raise AmecamError(f"--methods must name at least one of {', '.join(METHODS + REFERENCE_METHODS)} (or all)")
+    return cams, references
+
+
 def segmentation_row_name(bundle) -> str:
-    """Row name of a segmentation bundle: ``unet_pseudo`` or ``unet_supervised``."""
+    """Row name of a segmentation bundle: ``unet_pseudo`` (AME-CAM pseudo-labels) or ``supervised`` (masks)."""
     labels = bundle.metadata.get("amecam_training", {}).get("labels", "pseudo")
-    return "unet_supervised" if labels == "masks" else "unet_pseudo"
+    return "supervised" if labels == "masks" else "unet_pseudo"
 
 
 def segmentation_rows(bundles: list, device: str) -> dict[str, Callable]:
@@ -93,6 +114,8 @@ class EvaluationOptions:
         budget: ScoreCAM channels per image.
         device: ``auto``, ``cpu`` or ``cuda``.
         qualitative_slices: slices shown in the qualitative grid.
+        references: training-free rows (``threshold``, ``otsu``; see ``amecam_cli.references``).
+        reference_level: level of the ``threshold`` row on the normalised image.
     """
 
     methods: tuple[str, ...]
@@ -104,7 +127,8 @@ class EvaluationOptions:
     budget: int = 64
     device: str = "auto"
     qualitative_slices: int = 6
-    extra_rows: dict = field(default_factory=dict)
+    references: tuple[str, ...] = ()
+    reference_level: float = 0.5
 
 
 def _slice_metrics(pred: np.ndarray, truth: np.ndarray, spacing) -> dict:
@@ -180,7 +204,13 @@ def evaluate(
     except OSError as exc:
         raise AmecamError(f"{output}: cannot create the report folder ({exc.strerror})") from exc
     device = reference.module("train").resolve_device(options.device)
-    row_providers = {**segmentation_rows(segmentation, options.device), **(row_providers or {})}
+    from .references import reference_rows
+
+    row_providers = {
+        **reference_rows(reference.modalities, options.references, level=options.reference_level),
+        **segmentation_rows(segmentation, options.device),
+        **(row_providers or {}),
+    }
     methods = list(methods_from_cams) + list(row_providers)
     variants = methods + ([f"{m}+crf" for m in methods] if options.crf else [])
     slice_rows: dict[str, list[dict]] = {m: [] for m in variants}
