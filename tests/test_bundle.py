@@ -19,8 +19,9 @@ from .conftest import planted_case, save_nifti
 
 def test_template_is_installed_with_the_package():
     root = bundle_template()
-    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/train_stage1.yaml", "scripts/networks.py",
-                 "docs/README.md", "LICENSE"):
+    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/inference_seg.yaml", "configs/evaluate.yaml",
+                 "configs/train_stage0.yaml", "configs/train_stage1.yaml", "configs/train_stage2.yaml", "configs/train_seg.yaml",
+                 "configs/logging.conf", "scripts/networks.py", "docs/README.md", "LICENSE"):
         assert (root / name).is_file(), name
 
 
@@ -107,3 +108,20 @@ def test_monai_bundle_run_without_amecam(tmp_path, tiny_bundle):
     mask = nib.load(str(out))
     assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
     np.testing.assert_allclose(mask.affine, affine)
+
+
+def test_monai_bundle_evaluate_config(tmp_path, tiny_bundle):
+    """configs/evaluate.yaml (merged with inference.yaml) scores a datalist with plain monai.bundle run."""
+    import json
+
+    image, seg = planted_case(seed=6)
+    save_nifti(tmp_path / "a_flair.nii.gz", image.astype(np.int16))
+    save_nifti(tmp_path / "a_seg.nii.gz", seg)
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"case": "a", "flair": "a_flair.nii.gz", "label": "a_seg.nii.gz"}]}))
+    configs = f"['{tiny_bundle / 'configs' / 'inference.yaml'}','{tiny_bundle / 'configs' / 'evaluate.yaml'}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tiny_bundle),
+           "--datalist", str(tmp_path / "list.json"), "--output", str(tmp_path / "dice.json"), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "dice.json").read_text())
+    assert [r["case"] for r in result["cases"]] == ["a"] and 0 <= result["mean_dice"] <= 1

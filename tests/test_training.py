@@ -14,7 +14,7 @@ from .conftest import TINY_SETTINGS, write_brats_case
 
 
 def test_trained_bundle_is_complete(tiny_bundle):
-    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/train_stage1.yaml", "configs/train_stage2.yaml",
+    for name in ("configs/metadata.json", "configs/inference.yaml", "configs/evaluate.yaml", "configs/train_stage1.yaml", "configs/train_stage2.yaml",
                  "configs/logging.conf", "scripts/networks.py", "docs/README.md", "LICENSE", "models/model.pt",
                  "models/model.ts", "models/classifier.pt", "models/stage1.json", "models/stage2.json", "logs/train.log",
                  "slices/manifest.csv"):
