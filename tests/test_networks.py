@@ -111,8 +111,9 @@ def test_exit_polarity_is_resolved_by_the_deletion_test():
 def test_deletion_scores_drop_when_the_tumour_is_erased():
     classifier = _PlantedClassifier([1, 1, 1, 1])
     x = _images()
-    score_high, score_low = deletion_scores(classifier, x, _blob().expand(3, -1, -1))
-    assert (score_high < -2).all() and (score_low > 2).all()  # erasing the blob makes the slice look normal
+    scores = deletion_scores(classifier, x, _blob().expand(3, -1, -1))
+    assert (scores["erase_high"] < -2).all() and (scores["erase_low"] > 2).all()  # erasing the blob makes the slice look normal
+    assert (scores["keep_high"] > 2).all() and (scores["keep_low"] < -2).all()  # keeping only the blob keeps the tumour
 
 
 @pytest.mark.parametrize(("flip_fourth_exit", "expected"), [(True, -1.0), (False, 1.0)])

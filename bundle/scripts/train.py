@@ -102,21 +102,23 @@ POLARITY_SLICES = 96
 
 
 @torch.no_grad()
-def deletion_scores(classifier: MultiExitResNet, x: torch.Tensor, maps: torch.Tensor, *, fraction: float = DELETION_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tumour probability after erasing the highest vs the lowest ``fraction`` of brain pixels of a map.
+def deletion_scores(classifier: MultiExitResNet, x: torch.Tensor, maps: torch.Tensor, *, fraction: float = DELETION_FRACTION) -> dict[str, torch.Tensor]:
+    """Faithfulness of a map: the classifier's tumour logit with parts of the brain replaced.
+
+    The highest and the lowest ``fraction`` of brain pixels of each map are replaced by the slice's
+    median brain intensity (deletion), and, separately, everything *but* each of those regions is
+    (insertion). Logits, not probabilities, so a confident classifier's scores do not saturate.
 
     Args:
-        classifier: judges the erased images with its deepest exit.
+        classifier: judges the edited images with its deepest exit.
         x: ``(B, C, H, W)`` images.
         maps: ``(B, H, W)`` maps to test.
 
     Returns:
-        ``(score_high, score_low)``, each ``(B,)``: the deepest exit's tumour *logit* with the map's
-        high / low region replaced by the slice's median brain intensity (logits, not probabilities,
-        so that a confident classifier's scores do not saturate into a tie).
+        ``(B,)`` logits keyed ``erase_high``, ``erase_low``, ``keep_high``, ``keep_low``.
     """
     brain = brain_region(x)[:, 0]
-    erased_high, erased_low = x.clone(), x.clone()
+    edited = {key: x.clone() for key in ("erase_high", "erase_low", "keep_high", "keep_low")}
     for b in range(x.shape[0]):
         inside = brain[b]
         values = maps[b][inside]
@@ -126,9 +128,15 @@ def deletion_scores(classifier: MultiExitResNet, x: torch.Tensor, maps: torch.Te
         high = inside & (maps[b] >= values.topk(k).values[-1])
         low = inside & (maps[b] <= (-values).topk(k).values[-1].neg())
         fill = x[b][:, inside].median(dim=1).values.view(-1, 1)
-        erased_high[b][:, high] = fill.expand(-1, int(high.sum()))
-        erased_low[b][:, low] = fill.expand(-1, int(low.sum()))
-    return classifier(erased_high)[0][:, -1], classifier(erased_low)[0][:, -1]
+        for key, region in (("erase_high", high), ("erase_low", low), ("keep_high", inside & ~high), ("keep_low", inside & ~low)):
+            edited[key][b][:, region] = fill.expand(-1, int(region.sum()))
+    return {key: classifier(image)[0][:, -1] for key, image in edited.items()}
+
+
+def _orientation(scores: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Evidence that a map's high region is the tumour, and the polarity it implies."""
+    evidence = float((scores["erase_low"] - scores["erase_high"]).mean() + (scores["keep_high"] - scores["keep_low"]).mean())
+    return evidence, 1.0 if evidence >= 0 else -1.0
 
 
 def _polarity_batches(data: SliceSet, batch_size: int):
@@ -144,28 +152,30 @@ def resolve_exit_polarity(classifier: MultiExitResNet, batches, device: torch.de
     raise its pooled tumour logit by *lowering* its map on the tumour and raising it everywhere else
     (the official AME-CAM code flips all maps by hand for this reason). Without masks, the faithful
     orientation is the one whose tumour region matters to the classifier: erasing the pixels a
-    correctly oriented map ranks highest lowers the tumour logit more than erasing the same number of
-    pixels it ranks lowest. Sets ``classifier.exit_polarity`` and returns it.
+    correctly oriented map ranks highest lowers the tumour logit more than erasing those it ranks
+    lowest, and keeping only them keeps more of it (see :func:`deletion_scores`). Sets
+    ``classifier.exit_polarity`` and returns it.
     """
     classifier.eval()
     classifier.exit_polarity.fill_(1.0)
-    high, low = [[] for _ in range(4)], [[] for _ in range(4)]
+    collected: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(4)]
     for x, _ in batches:
         x = x.to(device)
         _, maps = classifier.exit_maps(x)
         for k in range(maps.shape[1]):
-            p_high, p_low = deletion_scores(classifier, x, maps[:, k])
-            high[k].append(p_high.cpu())
-            low[k].append(p_low.cpu())
+            for key, value in deletion_scores(classifier, x, maps[:, k]).items():
+                collected[k].setdefault(key, []).append(value.cpu())
     polarity = []
     for k in range(4):
-        if not high[k]:
+        if not collected[k]:
             polarity.append(1.0)
             continue
-        mean_high, mean_low = float(torch.cat(high[k]).mean()), float(torch.cat(low[k]).mean())
-        polarity.append(1.0 if mean_high <= mean_low else -1.0)
-        logger.info("exit %d: tumour logit %.2f after erasing its high region, %.2f after its low region -> polarity %+d",
-                    k + 1, mean_high, mean_low, int(polarity[-1]))
+        scores = {key: torch.cat(values) for key, values in collected[k].items()}
+        evidence, sign = _orientation(scores)
+        polarity.append(sign)
+        logger.info("exit %d: tumour logit erasing its high/low region %.2f/%.2f, keeping only it %.2f/%.2f -> polarity %+d",
+                    k + 1, float(scores["erase_high"].mean()), float(scores["erase_low"].mean()),
+                    float(scores["keep_high"].mean()), float(scores["keep_low"].mean()), int(sign))
     classifier.exit_polarity.copy_(torch.tensor(polarity))
     return polarity
 
@@ -179,20 +189,21 @@ def resolve_attention_polarity(network: AMECAMNet, batches, device: torch.device
     """
     network.eval()
     network.aggregator.polarity.fill_(1.0)
-    high, low = [], []
+    collected: dict[str, list[torch.Tensor]] = {}
     for x, _ in batches:
         x = x.to(device)
         _, exits = network.classifier.exit_maps(x)
         mf = network.aggregator.oriented(network.grey(x), exits)[:, 0]
-        p_high, p_low = deletion_scores(network.classifier, x, mf)
-        high.append(p_high.cpu())
-        low.append(p_low.cpu())
-    mean_high = float(torch.cat(high).mean()) if high else 0.0
-    mean_low = float(torch.cat(low).mean()) if low else 0.0
-    polarity = 1.0 if mean_high <= mean_low else -1.0
+        for key, value in deletion_scores(network.classifier, x, mf).items():
+            collected.setdefault(key, []).append(value.cpu())
+    polarity = 1.0
+    if collected:
+        scores = {key: torch.cat(values) for key, values in collected.items()}
+        _, polarity = _orientation(scores)
+        logger.info("Mf: tumour logit erasing its high/low region %.2f/%.2f, keeping only it %.2f/%.2f -> polarity %+d",
+                    float(scores["erase_high"].mean()), float(scores["erase_low"].mean()),
+                    float(scores["keep_high"].mean()), float(scores["keep_low"].mean()), int(polarity))
     network.aggregator.polarity.fill_(polarity)
-    logger.info("Mf: tumour logit %.2f after erasing its high region, %.2f after its low region -> polarity %+d",
-                mean_high, mean_low, int(polarity))
     return polarity
 
 
@@ -272,7 +283,7 @@ class _Stage:
     def _write_summary(self, summary: dict) -> dict:
         summary = {"stage": self.name, **summary}
         tmp = self.summary_path.with_name(f".{self.summary_path.name}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.summary_path)
         return summary
 
