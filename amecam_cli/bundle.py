@@ -75,7 +75,7 @@ def read_metadata(root: Path) -> dict:
     if not path.is_file():
         raise AmecamError(f"{root}: not a bundle (no configs/metadata.json)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise AmecamError(f"{path}: cannot read ({exc})") from exc
 
@@ -83,7 +83,7 @@ def read_metadata(root: Path) -> dict:
 def write_metadata(root: Path, metadata: dict) -> None:
     path = root / "configs" / "metadata.json"
     tmp = path.with_name(".metadata.json.tmp")
-    tmp.write_text(json.dumps(metadata, indent=4) + "\n")
+    tmp.write_text(json.dumps(metadata, indent=4) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

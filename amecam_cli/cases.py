@@ -204,7 +204,7 @@ def _from_brats_layout(root: Path, modalities: tuple[str, ...]) -> list[Case]:
 
 def _from_datalist(path: Path, modalities: tuple[str, ...]) -> list[Case]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AmecamError(f"{path}: cannot read datalist JSON ({exc})") from exc
     if isinstance(data, list):

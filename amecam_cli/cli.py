@@ -646,9 +646,20 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def _tolerant_console() -> None:
+    """Never fail on a console that cannot show a character (an ASCII locale and a report's "±")."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # pragma: no cover - detached or closed stream
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``amecam`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerant_console()
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if argv in (["--version"], ["version"]):

@@ -70,7 +70,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
     datalist = output / "train_datalist.json"
     datalist.write_text(json.dumps({"training": [
         {"case": c.case_id, "flair": str(c.images["flair"].resolve()), "label": str(c.label.resolve())} for c in train_cases
-    ]}, indent=1))
+    ]}, indent=1), encoding="utf-8")
     run = output / "bundle"
     if (run / "models" / "model.ts").is_file():
         logger.info("demo: reusing the trained bundle in %s", run)
@@ -106,7 +106,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
         "mean_slice_dice": float(np.nanmean([r["slice_dice"] for r in results])),
         "bundle": str(run), "figure": str(figure),
     }
-    (output / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for r in results:
         print(f"{r['case']}: volume Dice {r['volume_dice']:.3f}, slice-level Dice {r['slice_dice']:.3f} over {r['n_tumour_slices']} tumour slices")
     print(f"mean volume Dice {summary['mean_volume_dice']:.3f}, mean slice-level Dice {summary['mean_slice_dice']:.3f}")

@@ -346,8 +346,8 @@ def table_markdown(report: dict) -> str:
 
 
 def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows: dict, qualitative: list[dict], options: EvaluationOptions) -> None:
-    (output / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    with open(output / "per_slice.csv", "w", newline="") as handle:
+    (output / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    with open(output / "per_slice.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["method", "case", "z", "dice", "iou", "hd95"])
         writer.writeheader()
         writer.writerows(per_slice)
@@ -371,7 +371,7 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
     if report.get("scorecam"):
         md.append(f"- ScoreCAM: {report['scorecam']['budget_channels']} channels per image, {report['scorecam']['forward_passes']} forward passes.")
     md.append(f"- Time: {json.dumps({k: round(v, 1) for k, v in report['seconds'].items()})} seconds.")
-    (output / "report.md").write_text("\n".join(md) + "\n")
+    (output / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     _boxplot(output / "dice_boxplot.png", slice_rows)
     _qualitative(output / "qualitative.png", qualitative, options.threshold)
 

@@ -81,7 +81,7 @@ def write_pseudo_labels(slices: Path, bundle, *, crf: bool = False, batch_size: 
 def _read_manifest(slices: Path) -> list[dict]:
     import csv
 
-    with open(slices / "manifest.csv", newline="") as handle:
+    with open(slices / "manifest.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -136,7 +136,7 @@ def train_segmentation(
             "val_fraction": float(base.get("val_fraction", 0.2)), "min_tumor_fraction": float(base.get("min_tumor_fraction", 0.01)),
             "ambiguous": base.get("ambiguous", "exclude"), "source_bundle": str(Path(bundle_path).resolve()),
         }
-        (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n")
+        (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     else:
         settings = saved
     for name in ("image_size",):
@@ -146,7 +146,7 @@ def train_segmentation(
                                    val_fraction=settings["val_fraction"], min_tumor_fraction=settings["min_tumor_fraction"],
                                    ambiguous=settings["ambiguous"], epochs=1)
     (output / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(output / "logs" / "train.log")
+    handler = logging.FileHandler(output / "logs" / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     handler.setLevel(logging.INFO)
     loggers = [logging.getLogger(n) for n in _LOG_NAMESPACES]
@@ -236,4 +236,4 @@ def _finish_metadata(output: Path, settings: dict, data: Path, dataset_info: dic
         f"training and {sum(v == 'val' for v in dataset_info.get('split', {}).values())} validation cases (split by case, seed {settings['seed']}).\n"
         f"- Best epoch {summary.get('best_epoch')}, validation Dice against the training labels {summary.get('best_val_dice')}.\n\n"
         "## Intended use\n\nResearch only; not for clinical or diagnostic use.\n"
-    )
+    , encoding="utf-8")

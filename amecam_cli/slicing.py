@@ -143,7 +143,7 @@ def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
     """
     path = Path(path)
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise AmecamError(f"{path}: cannot read slice labels ({exc.strerror})") from exc
@@ -221,7 +221,7 @@ def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str
         raise AmecamError(f"{out_dir}: output exists and is not a folder")
     if info_path.exists() and not overwrite:
         try:
-            info = json.loads(info_path.read_text())
+            info = json.loads(info_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise AmecamError(f"{info_path}: cannot read ({exc}); pass --overwrite to start again") from exc
         if info.get("settings") != settings.as_dict():
@@ -260,7 +260,7 @@ def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str
 def _write_text(path: Path, text: str) -> None:
     try:
         with atomic_path(path) as tmp:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise AmecamError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
@@ -308,7 +308,7 @@ def slice_dataset(
         done_path = out_dir / "cases" / f"{stem}.json"
         if done_path.exists():
             try:
-                all_rows.extend(json.loads(done_path.read_text())["rows"])
+                all_rows.extend(json.loads(done_path.read_text(encoding="utf-8"))["rows"])
                 reused += 1
                 continue
             except (OSError, json.JSONDecodeError, KeyError):
@@ -340,7 +340,7 @@ def slice_dataset(
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
-        with tmp.open("w", newline="") as handle:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             writer.writerows(rows)

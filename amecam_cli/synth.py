@@ -248,7 +248,7 @@ def synthesize_cohort(
         raise AmecamError(f"{out_dir}: output exists and is not a folder")
     if info_path.exists():
         try:
-            previous = json.loads(info_path.read_text())
+            previous = json.loads(info_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise AmecamError(f"{info_path}: cannot read ({exc}); pass --overwrite to regenerate") from exc
         if previous.get("seed") != seed and not overwrite:
@@ -291,7 +291,7 @@ def synthesize_cohort(
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
         folders.append(folder)
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folders
 
 

@@ -91,7 +91,7 @@ def _read_settings_file(path: Path) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise AmecamError(f"{path}: cannot read settings ({exc})") from exc
     if not isinstance(data, dict):
@@ -193,7 +193,7 @@ def _is_slice_dataset(path: Path) -> bool:
     if not (path.is_dir() and info.is_file()):
         return False
     try:
-        return json.loads(info.read_text()).get("format") == "amecam-slices"
+        return json.loads(info.read_text(encoding="utf-8")).get("format") == "amecam-slices"
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -203,7 +203,7 @@ def _prepare_run_folder(output: Path, *, resume: bool, overwrite: bool) -> dict 
     if resume:
         if not settings_path.is_file():
             raise AmecamError(f"{output}: nothing to resume (no configs/{SETTINGS_FILE}); start a run without --resume")
-        return json.loads(settings_path.read_text())
+        return json.loads(settings_path.read_text(encoding="utf-8"))
     if output.exists() and not output.is_dir():
         raise AmecamError(f"{output}: exists and is not a folder")
     if output.exists() and any(output.iterdir()):
@@ -227,13 +227,13 @@ def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern:
     from .slicing import SliceSettings, slice_dataset
 
     if _is_slice_dataset(data):
-        info = json.loads((data / "dataset.json").read_text())["settings"]
+        info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))["settings"]
         if list(info["modalities"]) != list(settings.modalities):
             raise AmecamError(f"{data}: slice dataset has modalities {','.join(info['modalities'])}, not {','.join(settings.modalities)}")
         if int(info["image_size"]) != settings.image_size:
             raise AmecamError(f"{data}: slice dataset has image size {info['image_size']}, not {settings.image_size}")
         logger.info("using the slice dataset %s as it is", data)
-        return data, json.loads((data / "dataset.json").read_text())
+        return data, json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     cases = find_cases(data, settings.modalities, pattern=pattern)
     slices = output / "slices"
     slice_settings = SliceSettings(
@@ -241,7 +241,7 @@ def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern:
         ambiguous=settings.ambiguous, val_fraction=settings.val_fraction, seed=settings.seed,
     )
     slice_dataset(cases, slices, slice_settings)
-    return slices, json.loads((slices / "dataset.json").read_text())
+    return slices, json.loads((slices / "dataset.json").read_text(encoding="utf-8"))
 
 
 def _update_metadata(root: Path, settings: TrainSettings, data: Path, dataset_info: dict, summaries: dict) -> dict:
@@ -319,8 +319,8 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
         "",
     ]
-    text = card.read_text().split("\n## This copy")[0].rstrip("\n")
-    card.write_text(text + "\n" + "\n".join(lines))
+    text = card.read_text(encoding="utf-8").split("\n## This copy")[0].rstrip("\n")
+    card.write_text(text + "\n" + "\n".join(lines), encoding="utf-8")
 
 
 def train_bundle(
@@ -355,9 +355,9 @@ def train_bundle(
         raise AmecamError(f"{data}: no such file or folder")
     saved = _prepare_run_folder(output, resume=resume, overwrite=overwrite)
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
-    (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n")
+    (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")
     (output / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(output / "logs" / "train.log")
+    handler = logging.FileHandler(output / "logs" / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     handler.setLevel(logging.INFO)
     loggers = [logging.getLogger(name) for name in _LOG_NAMESPACES]  # the log file gets INFO whatever the console shows
@@ -404,7 +404,7 @@ def train_bundle(
 def _run_stage(root: Path, config: str, summary: Path, product: Path, *, resume: bool, **overrides: Any) -> dict:
     if resume and summary.is_file() and product.is_file():
         logger.info("%s: already complete, skipped", config)
-        return json.loads(summary.read_text())
+        return json.loads(summary.read_text(encoding="utf-8"))
     logger.info("running %s", config)
     result = run_config(root, config, resume=resume, **overrides)
     return result[0] if result else {}

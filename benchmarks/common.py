@@ -26,7 +26,7 @@ def amecam(*args: str, log: Path | None = None) -> float:
     command = [str(executable), *map(str, args)]
     print("$ amecam " + shlex.join(map(str, args)), flush=True)
     started = time.perf_counter()
-    with open(log, "a") if log else open(os.devnull, "w") as sink:
+    with open(log, "a", encoding="utf-8") if log else open(os.devnull, "w", encoding="utf-8") as sink:
         result = subprocess.run(command, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
     if result.returncode != 0:
         raise SystemExit(f"amecam {' '.join(map(str, args))} failed with status {result.returncode}" + (f" (see {log})" if log else ""))
@@ -44,7 +44,7 @@ def write_datalist(path: Path, cases: list, modalities: tuple[str, ...]) -> Path
             entry["brainmask"] = str(case.brainmask.resolve())
         entries.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"training": entries}, indent=1) + "\n")
+    path.write_text(json.dumps({"training": entries}, indent=1) + "\n", encoding="utf-8")
     return path
 
 
@@ -109,4 +109,4 @@ def train_and_evaluate(out: Path, train_list: Path, test_list: Path, *, modality
     evaluate_args = ["evaluate", "--data_dir", test_list, "--bundle", run, "-o", report_dir, "--methods", methods,
                      "--budget", budget, "--device", "cpu", "--overwrite", *(["--crf"] if crf else []), *(extra_evaluate or [])]
     timings["evaluate"] = amecam(*evaluate_args, log=log)
-    return json.loads((report_dir / "report.json").read_text()), timings
+    return json.loads((report_dir / "report.json").read_text(encoding="utf-8")), timings

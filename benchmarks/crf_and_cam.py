@@ -81,7 +81,7 @@ def main() -> None:
         },
         "machine": machine(), "command": "python benchmarks/crf_and_cam.py " + " ".join(sys.argv[1:]),
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary["mean"], indent=2))
 
 

@@ -52,7 +52,7 @@ def main() -> None:
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "commands": [f"python benchmarks/lgg.py {' '.join(sys.argv[1:])}".strip()], "table": table(report),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"\nLGG FLAIR: {len(train)} training patients, {len(test)} test patients, {report['n_slices']} test tumour slices, "
           f"classifier slice AUC {report['classifier_slice_auc']:.3f}; {machine()}")
     print(summary["table"])

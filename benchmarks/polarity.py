@@ -63,7 +63,7 @@ def main() -> None:
         rows[name] = {"polarity": polarity, "dice_chosen": kept, "dice_opposite": flipped}
         print(f"| {name} | {polarity:+.0f} | {kept:.3f} | {flipped:.3f} |")
     out = args.bundle / "polarity_check.json"
-    out.write_text(json.dumps({"rows": rows, "data": str(args.data), "command": "python benchmarks/polarity.py " + " ".join(sys.argv[1:])}, indent=2))
+    out.write_text(json.dumps({"rows": rows, "data": str(args.data), "command": "python benchmarks/polarity.py " + " ".join(sys.argv[1:])}, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -59,12 +59,12 @@ def _naive_slices(cases, out: Path, size: int, seed: int) -> Path:
         for row, z in enumerate(zs):
             rows.append({"case": case.case_id, "slice": int(z), "z": int(z), "row": row, "label": labels[row],
                          "tumor_fraction": fractions[row], "brain_fraction": 0, "split": split[case.case_id], "file": case.case_id})
-    with open(out / "manifest.csv", "w", newline="") as handle:
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     (out / "dataset.json").write_text(json.dumps({"format": "amecam-slices", "settings": {"modalities": ["flair"], "image_size": size},
-                                                  "split": split}))
+                                                  "split": split}), encoding="utf-8")
     return out
 
 
@@ -219,7 +219,7 @@ def main() -> None:
     results["machine"] = machine()
     results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.part}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{args.part}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results, indent=2))
 
 

@@ -59,7 +59,7 @@ def main() -> None:
         "commands": [f"python benchmarks/synthetic.py {' '.join(sys.argv[1:])}".strip()],
         "table": table(report),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"\n{args.modality}: {len(train)} training cases, {len(test)} test cases, {report['n_slices']} test tumour slices, "
           f"classifier slice AUC {report['classifier_slice_auc']:.3f}; {machine()}")
     print(summary["table"])

@@ -44,10 +44,10 @@ def test_verify_reports_a_broken_bundle(tmp_path, tiny_bundle):
 
     broken = tmp_path / "b"
     shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("slices", "checkpoints"))
-    meta = json.loads((broken / "configs" / "metadata.json").read_text())
+    meta = json.loads((broken / "configs" / "metadata.json").read_text(encoding="utf-8"))
     del meta["intended_use"]
     meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 3
-    (broken / "configs" / "metadata.json").write_text(json.dumps(meta))
+    (broken / "configs" / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
     rows = {name: (passed, detail) for name, passed, detail in verify_bundle(broken)}
     assert rows["metadata fields"] == (False, "missing: intended_use")
     assert rows["network input/output vs network_data_format"][0] is False
@@ -99,7 +99,7 @@ def test_monai_bundle_run_without_amecam(tmp_path, tiny_bundle):
     guard.mkdir()
     for name in ("amecam_cli", "amecam_bundle"):  # shadow the toolkit: importing it fails
         (guard / name).mkdir()
-        (guard / name / "__init__.py").write_text("raise ImportError('amecam must not be needed')\n")
+        (guard / name / "__init__.py").write_text("raise ImportError('amecam must not be needed')\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(guard)}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_bundle / "configs" / "inference.yaml"),
            "--bundle_root", str(tiny_bundle), "--image", str(src), "--output", str(out), "--device", "cpu"]
@@ -117,11 +117,11 @@ def test_monai_bundle_evaluate_config(tmp_path, tiny_bundle):
     image, seg = planted_case(seed=6)
     save_nifti(tmp_path / "a_flair.nii.gz", image.astype(np.int16))
     save_nifti(tmp_path / "a_seg.nii.gz", seg)
-    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"case": "a", "flair": "a_flair.nii.gz", "label": "a_seg.nii.gz"}]}))
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"case": "a", "flair": "a_flair.nii.gz", "label": "a_seg.nii.gz"}]}), encoding="utf-8")
     configs = f"['{tiny_bundle / 'configs' / 'inference.yaml'}','{tiny_bundle / 'configs' / 'evaluate.yaml'}']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tiny_bundle),
            "--datalist", str(tmp_path / "list.json"), "--output", str(tmp_path / "dice.json"), "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((tmp_path / "dice.json").read_text())
+    result = json.loads((tmp_path / "dice.json").read_text(encoding="utf-8"))
     assert [r["case"] for r in result["cases"]] == ["a"] and 0 <= result["mean_dice"] <= 1

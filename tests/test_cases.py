@@ -60,16 +60,16 @@ def test_datalist_json_with_relative_paths(tmp_path):
     save_nifti(tmp_path / "imgs" / "p2_F.nii.gz", image)
     datalist = {"training": [{"case": "p1", "flair": "imgs/p1_F.nii.gz", "label": "imgs/p1_L.nii.gz"}],
                 "testing": [{"image": "imgs/p2_F.nii.gz"}]}
-    (tmp_path / "list.json").write_text(json.dumps(datalist))
+    (tmp_path / "list.json").write_text(json.dumps(datalist), encoding="utf-8")
     cases = find_cases(tmp_path / "list.json", "flair", require_label=False)
     assert [c.case_id for c in cases] == ["p1", "p2_F"]
     assert cases[0].label == tmp_path / "imgs" / "p1_L.nii.gz" and cases[1].label is None
     with pytest.raises(AmecamError, match="have no segmentation"):
         find_cases(tmp_path / "list.json", "flair")
-    (tmp_path / "bad.json").write_text(json.dumps([{"case": "x", "flair": "nope.nii.gz"}]))
+    (tmp_path / "bad.json").write_text(json.dumps([{"case": "x", "flair": "nope.nii.gz"}]), encoding="utf-8")
     with pytest.raises(AmecamError, match="entry 0: .*nope.nii.gz: no such file"):
         find_cases(tmp_path / "bad.json", "flair")
-    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(AmecamError, match="cannot read datalist JSON"):
         find_cases(tmp_path / "broken.json", "flair")
 
@@ -148,7 +148,7 @@ def test_real_brats2013_by_pattern_and_by_datalist(tmp_path):
     cases = find_cases(root, "flair,t1ce", pattern=pattern)
     assert len(cases) == 6 and cases[0].brainmask is not None
     entries = [{"case": c.case_id, "flair": str(c.images["flair"]), "label": str(c.label)} for c in cases]
-    (tmp_path / "brats2013.json").write_text(json.dumps({"training": entries}))
+    (tmp_path / "brats2013.json").write_text(json.dumps({"training": entries}), encoding="utf-8")
     via_list = find_cases(tmp_path / "brats2013.json", "flair")
     assert [c.case_id for c in via_list] == [c.case_id for c in cases]
     loaded = load_case(via_list[0])

@@ -50,7 +50,7 @@ def test_slice_end_to_end_with_short_output_flag(capsys, tiny_dataset, tmp_path)
     code, _, err = run(capsys, "slice", str(tiny_dataset), "-o", str(tmp_path / "s"), "--modality", "flair,t1ce",
                        "--image_size", "16", "--seed", "0012")
     assert code == 0, err
-    with open(tmp_path / "s" / "manifest.csv") as handle:
+    with open(tmp_path / "s" / "manifest.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["case"] for r in rows} == {f"CASE_{i:02d}" for i in range(6)}
 
@@ -78,7 +78,7 @@ def test_numeric_looking_paths_stay_strings(capsys, tmp_path, monkeypatch):
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(capsys, tiny_dataset, tmp_path, argv, message):
-    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "file.txt").write_text("x", encoding="utf-8")
     argv = [a.format(tmp=tmp_path, data=tiny_dataset) for a in argv]
     code, out, err = run(capsys, *argv)
     assert code == 2
@@ -157,7 +157,7 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     code, out, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"),
                          "--methods", "amecam,gradcam,scorecam,exit1", "--crf", "--budget", "4", "--device", "cpu")
     assert code == 0, err
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["modality"] == "flair" and report["n_cases"] == 6 and report["n_slices"] > 0
     assert set(report["methods"]) == {"amecam", "gradcam", "scorecam", "exit1", "amecam+crf", "gradcam+crf", "scorecam+crf", "exit1+crf"}
     for row in report["methods"].values():
@@ -167,7 +167,7 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     assert report["scorecam"]["forward_passes"] > 0
     for name in ("report.md", "per_slice.csv", "dice_boxplot.png", "qualitative.png"):
         assert (tmp_path / "r" / name).is_file()
-    assert "| Grad-CAM |" in (tmp_path / "r" / "report.md").read_text() and "| Grad-CAM |" in out
+    assert "| Grad-CAM |" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8") and "| Grad-CAM |" in out
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"))
     assert code == 2 and "report folder is not empty" in err
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),

@@ -107,7 +107,7 @@ def test_write_to_unwritable_place(tmp_path):
     src = save_nifti(tmp_path / "img.nii.gz", _volume())
     array, props = read_volume(src)
     blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     with pytest.raises(AmecamError, match="cannot create output folder"):
         write_volume(blocker / "mask.nii.gz", np.zeros(array.shape, np.uint8), props)
     with pytest.raises(AmecamError, match="output must end in one of"):
@@ -137,7 +137,7 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     nan[1, 2, 3] = np.nan
     with pytest.raises(AmecamError, match="nan.nii.gz: volume contains 1 NaN"):
         read_volume(save_nifti(tmp_path / "nan.nii.gz", nan))
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     with pytest.raises(AmecamError, match="unknown volume format '.txt'"):
         read_volume(tmp_path / "notes.txt")
     (tmp_path / "empty_dir").mkdir()

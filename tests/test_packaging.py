@@ -31,5 +31,5 @@ def test_wheel_contains_the_bundle_template_and_entry_point(tmp_path):
 def test_version_has_one_source():
     from amecam_cli import __version__
 
-    assert "version = attr: amecam_cli.__version__" in (REPO / "setup.cfg").read_text()
+    assert "version = attr: amecam_cli.__version__" in (REPO / "setup.cfg").read_text(encoding="utf-8")
     assert __version__.count(".") == 2

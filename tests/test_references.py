@@ -32,7 +32,7 @@ def test_threshold_and_otsu_rows_have_the_known_dice(tmp_path, tiny_bundle, caps
     code = main(["evaluate", "--data_dir", str(tmp_path / "data"), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"),
                  "--methods", "threshold,otsu,amecam", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     expected = 2 * 64 / (64 + 64 + 16)  # per tumour slice: the look-alike is the only error
     for row in ("threshold", "otsu"):
         assert report["methods"][row]["slice"]["n"] == 4
@@ -47,7 +47,7 @@ def test_threshold_level_and_unknown_rows(tmp_path, tiny_bundle, capsys):
     code = main(["evaluate", "--data_dir", str(tmp_path / "data"), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"),
                  "--methods", "threshold", "--threshold_level", "1.01", "--device", "cpu"])
     assert code == 0
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["methods"]["threshold"]["slice"]["dice"] == 0.0
+    assert json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["methods"]["threshold"]["slice"]["dice"] == 0.0
     code = main(["evaluate", "--data_dir", str(tmp_path / "data"), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),
                  "--methods", "thresh"])
     assert code == 2 and "rows without training: threshold, otsu" in capsys.readouterr().err

@@ -29,8 +29,8 @@ def test_seg_bundle_is_complete_and_uses_the_amecam_split(seg_bundle, tiny_bundl
                  "docs/README.md", "slices/manifest.csv"):
         assert (seg_bundle / name).is_file(), name
     assert not list((seg_bundle / "configs").glob("train_stage*.yaml"))
-    meta = json.loads((seg_bundle / "configs" / "metadata.json").read_text())
-    source = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
+    meta = json.loads((seg_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    source = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["amecam_training"]["kind"] == "segmentation" and meta["amecam_training"]["labels"] == "pseudo"
     assert meta["amecam_training"]["split"] == source["amecam_training"]["split"]
     pseudo = np.load(next((seg_bundle / "slices" / "pseudo").glob("*.npy")))
@@ -40,7 +40,7 @@ def test_seg_bundle_is_complete_and_uses_the_amecam_split(seg_bundle, tiny_bundl
 def test_pseudo_labels_only_on_tumour_slices(seg_bundle):
     import csv
 
-    rows = list(csv.DictReader(open(seg_bundle / "slices" / "manifest.csv")))
+    rows = list(csv.DictReader(open(seg_bundle / "slices" / "manifest.csv", encoding="utf-8")))
     for name in {r["file"] for r in rows}:
         maps = np.load(seg_bundle / "slices" / "pseudo" / f"{name}.npy")
         for r in rows:
@@ -57,7 +57,7 @@ def test_infer_and_evaluate_take_the_seg_bundle(tmp_path, seg_bundle, tiny_datas
     code = main(["evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(seg_bundle), "-o", str(tmp_path / "r"),
                  "--methods", "amecam,exit1", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert set(report["methods"]) == {"amecam", "exit1", "unet_pseudo"}  # its own row beside AME-CAM
     assert report["methods"]["unet_pseudo"]["slice"]["n"] == report["methods"]["amecam"]["slice"]["n"] > 0
 
@@ -88,6 +88,6 @@ def test_supervised_upper_bound_uses_masks(tmp_path, tiny_bundle):
 
     out = tmp_path / "sup"
     train_segmentation(tiny_bundle, tiny_bundle.parent / "data", out, epochs=1, batch_size=4, device="cpu", supervised=True, progress=False)
-    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["amecam_training"]["labels"] == "masks" and "upper bound" in meta["name"]
     assert not (out / "slices" / "pseudo").exists()

@@ -14,7 +14,7 @@ from .conftest import save_nifti, write_brats_case
 
 
 def _manifest(folder):
-    with open(folder / "manifest.csv", newline="") as handle:
+    with open(folder / "manifest.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -66,7 +66,7 @@ def test_slice_dataset_writes_manifest_arrays_and_never_splits_a_case(tiny_datas
         assert row["label"] == ("tumor" if inside else "normal"), row
         assert (masks[int(row["row"])].sum() > 0) == inside
     assert float(case_rows[0]["brain_fraction"]) > 0
-    info = json.loads((out / "dataset.json").read_text())
+    info = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert info["settings"]["modalities"] == ["flair", "t1ce"] and info["split"]["CASE_00"] in ("train", "val")
 
 
@@ -105,14 +105,14 @@ def test_slice_labels_from_csv_without_masks(tmp_path):
     write_brats_case(root, "P1")
     (root / "P1" / "P1_seg.nii.gz").unlink()
     labels_csv = tmp_path / "labels.csv"
-    labels_csv.write_text("case,slice,label\nP1,5,tumor\nP1,6,1\nP1,2,normal\n")
+    labels_csv.write_text("case,slice,label\nP1,5,tumor\nP1,6,1\nP1,2,normal\n", encoding="utf-8")
     cases = find_cases(root, "flair", require_label=False)
     slice_dataset(cases, tmp_path / "out", SliceSettings(modalities=("flair",), image_size=16),
                   slice_labels=read_slice_labels(labels_csv), progress=False)
     rows = {int(r["slice"]): r["label"] for r in _manifest(tmp_path / "out")}
     assert rows[5] == rows[6] == "tumor" and rows[2] == "normal" and rows[3] == "unlabelled"
     assert not (tmp_path / "out" / "masks" / "P1.npy").exists()
-    labels_csv.write_text("case,slice,label\nP1,5,maybe\n")
+    labels_csv.write_text("case,slice,label\nP1,5,maybe\n", encoding="utf-8")
     with pytest.raises(AmecamError, match="line 2: label must be tumor/normal or 1/0, got 'maybe'"):
         read_slice_labels(labels_csv)
 

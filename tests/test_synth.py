@@ -18,7 +18,7 @@ def test_cohort_layout_types_and_labels(synth_cohort):
         assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
     seg = np.asanyarray(nib.load(str(case / "SYN_001_seg.nii.gz")).dataobj)
     assert set(np.unique(seg)) <= {0, 1, 2, 4} and (seg > 0).sum() > 1000
-    info = json.loads((synth_cohort / "cohort.json").read_text())
+    info = json.loads((synth_cohort / "cohort.json").read_text(encoding="utf-8"))
     assert info["seed"] == 7 and "not patient data" in info["note"].lower()
 
 
@@ -46,7 +46,7 @@ def test_modality_contrast_of_tumour_and_lookalikes(synth_cohort):
 def test_resume_and_refusal(tmp_path, synth_cohort):
     with pytest.raises(AmecamError, match="holds a cohort made with seed 7"):
         synthesize_cohort(synth_cohort, n_cases=2, seed=8, progress=False)
-    (tmp_path / "junk.txt").write_text("x")
+    (tmp_path / "junk.txt").write_text("x", encoding="utf-8")
     with pytest.raises(AmecamError, match="not empty and holds no synthetic cohort"):
         synthesize_cohort(tmp_path, n_cases=1, progress=False)
     with pytest.raises(AmecamError, match="--n_cases must be a whole number >= 1"):

@@ -19,7 +19,7 @@ def test_trained_bundle_is_complete(tiny_bundle):
                  "models/model.ts", "models/classifier.pt", "models/stage1.json", "models/stage2.json", "logs/train.log",
                  "slices/manifest.csv"):
         assert (tiny_bundle / name).is_file(), name
-    metadata = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
+    metadata = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     training = metadata["amecam_training"]
     assert training["settings"]["image_size"] == 64 and training["settings"]["modalities"] == ["flair"]
     assert sorted(training["split"]) == [f"CASE_{i:02d}" for i in range(6)]
@@ -27,9 +27,9 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert training["stage2"]["polarity"] in (1.0, -1.0)
     image = metadata["network_data_format"]["inputs"]["image"]
     assert image["spatial_shape"] == [64, 64] and image["channel_def"] == {"0": "flair"}
-    stage1 = json.loads((tiny_bundle / "models" / "stage1.json").read_text())
+    stage1 = json.loads((tiny_bundle / "models" / "stage1.json").read_text(encoding="utf-8"))
     assert len(stage1["history"]) == 2 and 1 <= stage1["best_epoch"] <= 2
-    assert "## This copy" in (tiny_bundle / "docs" / "README.md").read_text()
+    assert "## This copy" in (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
 
 
 def test_resume_continues_after_the_last_checkpoint(tmp_path):
@@ -38,7 +38,7 @@ def test_resume_continues_after_the_last_checkpoint(tmp_path):
         write_brats_case(data, f"C{i}", seed=i)
     run = tmp_path / "run"
     train_bundle(data, run, settings=dict(TINY_SETTINGS), progress=False)
-    before = json.loads((run / "models" / "stage1.json").read_text())["history"]
+    before = json.loads((run / "models" / "stage1.json").read_text(encoding="utf-8"))["history"]
     # roll the run back to "interrupted after stage-1 epoch 1": keep that checkpoint, drop everything later
     checkpoint = run / "models" / "checkpoints" / "stage1.pt"
     state = torch.load(checkpoint, weights_only=False)
@@ -49,10 +49,10 @@ def test_resume_continues_after_the_last_checkpoint(tmp_path):
         (run / "models" / name).unlink()
     (run / "models" / "checkpoints" / "stage2.pt").unlink()
     train_bundle(data, run, resume=True, progress=False)
-    after = json.loads((run / "models" / "stage1.json").read_text())["history"]
+    after = json.loads((run / "models" / "stage1.json").read_text(encoding="utf-8"))["history"]
     assert len(after) == 2
     assert after[0] == before[0]  # epoch 1 was not trained again
-    assert "resuming after epoch 1" in (run / "logs" / "train.log").read_text()
+    assert "resuming after epoch 1" in (run / "logs" / "train.log").read_text(encoding="utf-8")
     assert (run / "models" / "model.pt").is_file()
     with pytest.raises(AmecamError, match="--image_size 96 differs from the run being resumed"):
         train_bundle(data, run, settings={"image_size": 96}, resume=True, progress=False)
@@ -60,23 +60,23 @@ def test_resume_continues_after_the_last_checkpoint(tmp_path):
 
 def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_dataset):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(AmecamError, match="not empty; pass --resume .* or --overwrite"):
         train_bundle(tiny_dataset, tmp_path / "run", settings=dict(TINY_SETTINGS))
-    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "run" / "notes.txt").read_text(encoding="utf-8") == "mine"
     with pytest.raises(AmecamError, match="nothing to resume"):
         train_bundle(tiny_dataset, tmp_path / "other", resume=True)
 
 
 def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
     config = tmp_path / "settings.yaml"
-    config.write_text("epochs: 7\nimage_size: 64\nmodalities: flair,t1ce\n")
+    config.write_text("epochs: 7\nimage_size: 64\nmodalities: flair,t1ce\n", encoding="utf-8")
     with caplog.at_level("INFO"):
         settings = resolve_settings(config=config, image_size=96, seed=None)
     assert settings.epochs == 7 and settings.image_size == 96 and settings.modalities == ("flair", "t1ce")
     assert settings.attention_epochs == TrainSettings().attention_epochs
     assert "setting image_size = 96 (command line)" in caplog.text and f"setting epochs = 7 ({config})" in caplog.text
-    config.write_text("epoch: 7\n")
+    config.write_text("epoch: 7\n", encoding="utf-8")
     with pytest.raises(AmecamError, match="unknown settings epoch"):
         resolve_settings(config=config)
     with pytest.raises(AmecamError, match="--pretrain must be one of none, simclr, got 'byol'"):
@@ -92,13 +92,13 @@ def test_simclr_pretraining_feeds_stage_1(tmp_path):
     run = tmp_path / "run"
     train_bundle(data, run, settings={**TINY_SETTINGS, "pretrain": "simclr", "pretrain_epochs": 1, "epochs": 1}, progress=False)
     assert (run / "models" / "simclr_encoder.pt").is_file()
-    assert "encoder initialised from" in (run / "logs" / "train.log").read_text()
-    assert json.loads((run / "configs" / "metadata.json").read_text())["amecam_training"]["pretrain"] == "simclr"
+    assert "encoder initialised from" in (run / "logs" / "train.log").read_text(encoding="utf-8")
+    assert json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["pretrain"] == "simclr"
 
 
 def test_multi_channel_training(tmp_path, tiny_dataset):
     run = tmp_path / "run"
     train_bundle(tiny_dataset, run, settings={**TINY_SETTINGS, "modalities": "flair,t1ce", "epochs": 1}, progress=False)
-    metadata = json.loads((run / "configs" / "metadata.json").read_text())
+    metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 2
     assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "flair", "1": "t1ce"}

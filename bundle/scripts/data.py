@@ -22,7 +22,7 @@ LABELS = {"tumor": 1, "normal": 0}
 
 def read_manifest(root: str | Path) -> list[dict]:
     """Rows of ``manifest.csv``."""
-    with open(Path(root) / "manifest.csv", newline="") as handle:
+    with open(Path(root) / "manifest.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -37,7 +37,7 @@ class SliceSet:
 
     def __init__(self, root: str | Path, split: str = "train", labels: Sequence[str] = ("tumor", "normal")) -> None:
         self.root = Path(root)
-        info = json.loads((self.root / "dataset.json").read_text())
+        info = json.loads((self.root / "dataset.json").read_text(encoding="utf-8"))
         self.modalities = list(info["settings"]["modalities"])
         self.image_size = int(info["settings"]["image_size"])
         self.rows = [r for r in read_manifest(self.root) if (split == "all" or r["split"] == split) and r["label"] in labels]

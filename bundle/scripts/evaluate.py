@@ -34,7 +34,7 @@ def evaluate_datalist(predictor: VolumePredictor, datalist: str, modalities: lis
     import nibabel as nib
 
     path = Path(datalist)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     entries = data if isinstance(data, list) else [e for v in data.values() if isinstance(v, list) for e in v]
     rows = []
     for index, entry in enumerate(entries):
@@ -52,6 +52,6 @@ def evaluate_datalist(predictor: VolumePredictor, datalist: str, modalities: lis
         logger.info("%s: Dice %.3f", rows[-1]["case"], dice)
     summary = {"mean_dice": float(np.mean([r["dice"] for r in rows])) if rows else None, "cases": rows}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(summary, indent=2) + "\n")
+    Path(output).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("mean volume Dice %.3f over %d cases -> %s", summary["mean_dice"] or float("nan"), len(rows), output)
     return summary
