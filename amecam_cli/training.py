@@ -161,9 +161,11 @@ def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
     from monai.bundle import ConfigWorkflow
 
     with _bundle_on_path(root):
-        monai_logger = logging.getLogger("monai.bundle")
-        level = monai_logger.level
-        monai_logger.setLevel(logging.ERROR)
+        # MONAI's bundle loggers print their own set-up chatter ("No workflow type ...") to stdout
+        quiet = [logging.getLogger(name) for name in ("monai.bundle", "monai.bundle.workflows", "monai.bundle.scripts")]
+        levels = [item.level for item in quiet]
+        for item in quiet:
+            item.setLevel(logging.ERROR)
         try:
             workflow = ConfigWorkflow(
                 config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
@@ -178,7 +180,8 @@ def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
                 raise AmecamError(str(cause)) from exc
             raise
         finally:
-            monai_logger.setLevel(level)
+            for item, level in zip(quiet, levels):
+                item.setLevel(level)
     return result
 
 

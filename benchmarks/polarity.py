@@ -3,7 +3,7 @@
     python benchmarks/polarity.py --bundle bench_output/synthetic_flair/run --data bench_output/synthetic_flair/test.json
 
 For each exit map and for Mf, compares the slice-level Dice (threshold 0.5, every tumour slice) of the
-orientation the bundle chose without masks (the deletion test, see docs/method.md) with the opposite
+orientation the bundle chose without masks (the deletion-and-insertion test, see docs/method.md) with the opposite
 orientation. The masks are used here only to judge the choice.
 """
 
