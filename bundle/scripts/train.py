@@ -280,6 +280,23 @@ class _Stage:
         logger.info("%s: resuming after epoch %d from %s", self.name, state["epoch"] + 1, self.checkpoint_path)
         return state
 
+    def _optimiser(self, parameters, modules: dict, best: dict | None = None):
+        """Adam with a cosine schedule; when resuming, restore them and ``modules`` from the checkpoint.
+
+        Returns:
+            ``(optimizer, scheduler, history, best, first_epoch, resumed)``.
+        """
+        optimizer = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        state = self._load_checkpoint()
+        if state is None:
+            return optimizer, scheduler, [], best, 0, False
+        for key, module in modules.items():
+            module.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return optimizer, scheduler, state["history"], state.get("best", best), state["epoch"] + 1, True
+
     def _write_summary(self, summary: dict) -> dict:
         summary = {"stage": self.name, **summary}
         tmp = self.summary_path.with_name(f".{self.summary_path.name}.tmp")
@@ -331,16 +348,9 @@ class ClassifierTrainer(_Stage):
         if not (train.labels == 1).any() or not (train.labels == 0).any():
             msg = f"{self.dataset_dir}: the training split needs both tumour and normal slices, got {int((train.labels == 1).sum())} tumour and {int((train.labels == 0).sum())} normal"
             raise ValueError(msg)
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        state = self._load_checkpoint()
-        history, best, start = [], {"auc": -1.0, "epoch": -1}, 0
-        if state is not None:
-            self.network.load_state_dict(state["network"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best, start = state["history"], state["best"], state["epoch"] + 1
-        elif self.pretrained and Path(self.pretrained).exists():
+        optimizer, scheduler, history, best, start, resumed = self._optimiser(
+            self.network.parameters(), {"network": self.network}, {"auc": -1.0, "epoch": -1})
+        if not resumed and self.pretrained and Path(self.pretrained).exists():
             missing, _ = self.network.load_state_dict(torch.load(self.pretrained, map_location=self.device), strict=False)
             logger.info("stage 1: encoder initialised from %s (%d exit tensors trained from scratch)", self.pretrained, len(missing))
         logger.info(
@@ -453,15 +463,8 @@ class AttentionTrainer(_Stage):
             msg = f"{self.dataset_dir}: stage 2 needs at least 2 tumour slices in the training split, got {len(train)}"
             raise ValueError(msg)
         parameters = list(self.network.aggregator.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        state = self._load_checkpoint()
-        history, best, start = [], {"loss": math.inf, "epoch": -1, "state": None}, 0
-        if state is not None:
-            self.network.aggregator.load_state_dict(state["aggregator"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        optimizer, scheduler, history, best, start, _ = self._optimiser(
+            parameters, {"aggregator": self.network.aggregator}, {"loss": math.inf, "epoch": -1, "state": None})
         logger.info("stage 2: %d train / %d val tumour slices, %d epochs, device %s", len(train), len(val), self.epochs, self.device)
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, 100 + epoch])
@@ -535,16 +538,7 @@ class SimCLRTrainer(_Stage):
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         parameters = list(self.network.parameters()) + list(self.head.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        state = self._load_checkpoint()
-        history, start = [], 0
-        if state is not None:
-            self.network.load_state_dict(state["network"])
-            self.head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, start = state["history"], state["epoch"] + 1
+        optimizer, scheduler, history, _, start, _ = self._optimiser(parameters, {"network": self.network, "head": self.head})
         logger.info("stage 0 (SimCLR): %d slices, %d epochs, batch %d", len(data), self.epochs, self.batch_size)
         for epoch in range(start, self.epochs):
             order = np.random.default_rng([self.seed, 200 + epoch]).permutation(len(data))

@@ -109,15 +109,8 @@ class SegmentationTrainer(_Stage):
             raise ValueError(msg)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        state = self._load_checkpoint()
-        history, best, start = [], {"dice": -1.0, "epoch": -1}, 0
-        if state is not None:
-            self.network.load_state_dict(state["network"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        optimizer, scheduler, history, best, start, _ = self._optimiser(
+            self.network.parameters(), {"network": self.network}, {"dice": -1.0, "epoch": -1})
         logger.info("segmentation (%s labels): %d train / %d val slices, %d epochs, device %s",
                     self.label_source, len(train), len(val), self.epochs, self.device)
         for epoch in range(start, self.epochs):
