@@ -43,6 +43,8 @@ def main() -> None:
         prepared = prepare_volume(loaded.channels, brain=loaded.brain)
         shape = loaded.label.shape
         zs = [z for z in prepared.brain_slices if loaded.label[:, :, z].sum() > 0.01 * shape[0] * shape[1]]
+        if not zs:  # a held-out case without a tumour slice has nothing to judge
+            continue
         x = extract_slices(prepared.image, prepared.box, zs, bundle.image_size)
         with torch.no_grad():
             maps = network.all_maps(x)
