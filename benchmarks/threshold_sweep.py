@@ -40,6 +40,7 @@ def main() -> None:
     methods = tuple(args.methods.split(","))
     dices = {m: {t: [] for t in THRESHOLDS} for m in methods}
     ratios = {m: {t: [] for t in THRESHOLDS} for m in methods}
+    lesion_share = []  # tumour area / brain area per tumour slice: how small the targets are
     for case in find_cases(args.data, bundle.modalities):
         loaded = load_case(case)
         prepared = prepare_volume(loaded.channels, brain=loaded.brain)
@@ -47,6 +48,7 @@ def main() -> None:
         zs = [z for z in prepared.brain_slices if loaded.label[:, :, z].sum() > 0.01 * shape[0] * shape[1]]
         if not zs:
             continue
+        lesion_share += [float(loaded.label[:, :, z].sum() / max(prepared.brain[:, :, z].sum(), 1)) for z in zs]
         maps = compute_maps(bundle.network, extract_slices(prepared.image, prepared.box, zs, bundle.image_size), methods)
         for method in methods:
             full = paste_slices(maps[method], prepared.box, shape[:2]).numpy()
@@ -65,9 +67,10 @@ def main() -> None:
         cells = [f"{rows[m][str(t)]['dice']:.3f} ({rows[m][str(t)]['area_ratio']:.1f}x)" for t in THRESHOLDS]
         print(f"| {m} | " + " | ".join(cells) + " |")
     n = len(next(iter(dices[methods[0]].values())))
-    print(f"\n{n} tumour slices")
+    quartiles = [float(q) for q in np.percentile(lesion_share, [25, 50, 75])]
+    print(f"\n{n} tumour slices; tumour / brain area per slice: quartiles {quartiles[0]:.3f}, {quartiles[1]:.3f}, {quartiles[2]:.3f}")
     out = args.out or args.bundle / "threshold_sweep.json"
-    out.write_text(json.dumps({"rows": rows, "n_slices": n, "data": str(args.data),
+    out.write_text(json.dumps({"rows": rows, "n_slices": n, "lesion_share_quartiles": quartiles, "data": str(args.data),
                                "command": "python benchmarks/threshold_sweep.py " + " ".join(sys.argv[1:])}, indent=2) + "\n",
                    encoding="utf-8")
 
