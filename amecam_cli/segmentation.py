@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .bundle import instantiate_network, open_bundle, read_metadata, write_metadata
 from .errors import AmecamError
-from .training import TrainSettings, _LOG_NAMESPACES, _prepare_run_folder, _slice_if_needed, export_torchscript, run_config
+from .training import TrainSettings, _prepare_run_folder, attach_run_log, detach_run_log, _slice_if_needed, export_torchscript, run_config
 
 __all__ = ["write_pseudo_labels", "train_segmentation"]
 
@@ -146,14 +146,7 @@ def train_segmentation(
                                    val_fraction=settings["val_fraction"], min_tumor_fraction=settings["min_tumor_fraction"],
                                    ambiguous=settings["ambiguous"], epochs=1)
     (output / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(output / "logs" / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    loggers = [logging.getLogger(n) for n in _LOG_NAMESPACES]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
+    log_state = attach_run_log(output)
     try:
         slices, dataset_info = _slice_if_needed(data, output, slice_settings, pattern)
         source_split = training.get("split", {})
@@ -186,10 +179,7 @@ def train_segmentation(
         export_torchscript(output, network, settings["image_size"], len(settings["modalities"]))
         _finish_metadata(output, settings, data, dataset_info, summary, pseudo)
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-        handler.close()
+        detach_run_log(log_state)
     logger.info("segmentation bundle ready: %s", output)
     return {"bundle": output, "summary": summary, "pseudo": pseudo}
 

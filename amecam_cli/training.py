@@ -32,6 +32,28 @@ logger = logging.getLogger(__name__)
 PRETRAIN_CHOICES = ("none", "simclr")
 #: loggers whose records go to the run's logs/train.log (toolkit and bundle scripts)
 _LOG_NAMESPACES = ("amecam_cli", "amecam")
+
+
+def attach_run_log(output: Path) -> tuple:
+    """Send amecam's INFO messages to ``output/logs/train.log`` (whatever the console shows); undo with :func:`detach_run_log`."""
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output / "logs" / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in _LOG_NAMESPACES]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    return handler, loggers, levels
+
+
+def detach_run_log(state: tuple) -> None:
+    handler, loggers, levels = state
+    for lg, level in zip(loggers, levels):
+        lg.removeHandler(handler)
+        lg.setLevel(level)
+    handler.close()
 SETTINGS_FILE = "amecam_train.json"
 
 
@@ -360,14 +382,7 @@ def train_bundle(
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
     (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")
     (output / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(output / "logs" / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    loggers = [logging.getLogger(name) for name in _LOG_NAMESPACES]  # the log file gets INFO whatever the console shows
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
+    log_state = attach_run_log(output)
     try:
         slices, dataset_info = _slice_if_needed(data, output, resolved, pattern)
         metadata = read_metadata(output)
@@ -396,10 +411,7 @@ def train_bundle(
     except ValueError as exc:  # the trainers report data problems as ValueError
         raise AmecamError(str(exc)) from exc
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-        handler.close()
+        detach_run_log(log_state)
     logger.info("bundle ready: %s (validation slice AUC %s)", output, summaries["stage1"].get("best_val_auc"))
     return {"bundle": output, "slices": slices, "summaries": summaries}
 
