@@ -2,12 +2,15 @@
 
     python benchmarks/real_cases.py --modality flair     # after benchmarks/synthetic.py --modality flair
     python benchmarks/real_cases.py --modality t1ce      # after benchmarks/synthetic.py --modality t1ce
+    python benchmarks/real_cases.py --modality flair --supervised   # after benchmarks/segmentation.py too
 
 No real case is used for training (there are too few for a split): the bundle trained by
 ``benchmarks/synthetic.py`` on synthetic phantoms is evaluated, with ``amecam evaluate``, on every
 tumour slice of the real cases (BRATS 2013 through a datalist that names each file and the brain mask
 the dataset ships; BraTS 2021 in its own layout). This measures transfer from phantom to patient, and
 the training-free threshold and Otsu rows show what brightness alone gives on the same slices.
+``--supervised`` adds the upper-bound row: the U-Net that ``benchmarks/segmentation.py`` trained on the
+expert masks of the same synthetic training cases (so it, too, never saw a real scan).
 Writes ``bench_output/real_<modality>/summary.json``.
 """
 
@@ -32,6 +35,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="default: bench_output/synthetic_<modality>/run")
     parser.add_argument("--methods", default="amecam,exit1,exit2,mean_exits,attention,cam,gradcam,hirescam,threshold,otsu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--supervised", action="store_true",
+                        help="add the supervised U-Net of bench_output/synthetic_<modality>/segmentation as a row")
     args = parser.parse_args()
 
     from amecam_cli.cases import find_cases
@@ -39,6 +44,12 @@ def main() -> None:
     bundle = args.bundle or OUTPUT / f"synthetic_{args.modality}" / "run"
     if not (bundle / "models" / "model.pt").is_file():
         raise SystemExit(f"{bundle}: no trained bundle; run benchmarks/synthetic.py --modality {args.modality} first")
+    extra = []
+    if args.supervised:
+        unet = OUTPUT / f"synthetic_{args.modality}" / "segmentation" / "unet_supervised"
+        if not (unet / "models" / "model.ts").is_file():
+            raise SystemExit(f"{unet}: no supervised U-Net; run benchmarks/segmentation.py --source {unet.parents[1]} first")
+        extra = ["--extra_bundles", unet]
     out = args.out or OUTPUT / f"real_{args.modality}"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
@@ -53,7 +64,7 @@ def main() -> None:
         datalist = write_datalist(out / f"{name}.json", cases, (args.modality,))
         report_dir = out / name
         seconds = amecam("evaluate", "--data_dir", datalist, "--bundle", bundle, "-o", report_dir, "--methods", args.methods,
-                         "--device", "cpu", "--overwrite", log=log)
+                         *extra, "--device", "cpu", "--overwrite", log=log)
         report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
         summary["reports"][name] = {"cases": [c.case_id for c in cases], "n_slices": report["n_slices"],
                                     "classifier_slice_auc": report.get("classifier_slice_auc"), "seconds": seconds,
