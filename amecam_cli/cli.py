@@ -135,6 +135,7 @@ def train(
     epochs: int | None = None,
     attention_epochs: int | None = None,
     image_size: int | None = None,
+    stem_stride: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
     seed: int | None = None,
@@ -164,6 +165,8 @@ def train(
         epochs: stage-1 epochs (default 20).
         attention_epochs: stage-2 epochs (default 8).
         image_size: slice side (default 128).
+        stem_stride: stride of the network's first convolution, 1 or 2 (default 2); 1 doubles the
+            resolution of every exit map at about 3x the compute.
         batch_size: slices per batch (default 32).
         device: auto, cpu or cuda (default auto).
         seed: seed of the split, initialisation and sampling (default 0).
@@ -182,11 +185,12 @@ def train(
         raise AmecamError("train needs --output_dir RUN")
     given = {
         "modalities": modality, "epochs": epochs, "attention_epochs": attention_epochs, "image_size": image_size,
-        "batch_size": batch_size, "device": device, "seed": seed, "pretrain": pretrain, "pretrain_epochs": pretrain_epochs,
+        "stem_stride": stem_stride, "batch_size": batch_size, "device": device, "seed": seed, "pretrain": pretrain,
+        "pretrain_epochs": pretrain_epochs,
         "learning_rate": None if learning_rate is None else _float(learning_rate, "learning_rate"),
         "val_fraction": None if val_fraction is None else _float(val_fraction, "val_fraction"),
     }
-    for name in ("epochs", "attention_epochs", "image_size", "batch_size", "seed", "pretrain_epochs"):
+    for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs"):
         if given[name] is not None:
             given[name] = _int(given[name], name)
     result = train_bundle(

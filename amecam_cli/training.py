@@ -67,6 +67,7 @@ class TrainSettings:
     pretrain: str = "none"
     pretrain_epochs: int = 10
     image_size: int = 128
+    stem_stride: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-3
     attention_learning_rate: float = 1e-3
@@ -80,7 +81,7 @@ class TrainSettings:
         from .cases import parse_modalities
 
         self.modalities = parse_modalities(self.modalities)
-        for name in ("epochs", "attention_epochs", "pretrain_epochs", "image_size", "batch_size", "seed"):
+        for name in ("epochs", "attention_epochs", "pretrain_epochs", "image_size", "stem_stride", "batch_size", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise AmecamError(f"--{name} must be a whole number, got {value!r}")
@@ -91,6 +92,10 @@ class TrainSettings:
         if self.image_size < 64 or self.image_size % 32:
             raise AmecamError(
                 f"--image_size must be a multiple of 32 and >= 64 (the last stage is image_size/32 pixels wide), got {self.image_size}"
+            )
+        if self.stem_stride not in (1, 2):
+            raise AmecamError(
+                f"--stem_stride must be 1 (exit maps at twice the resolution, about 3x slower) or 2, got {self.stem_stride}"
             )
         if self.batch_size < 2:
             raise AmecamError(f"--batch_size must be >= 2, got {self.batch_size}")
@@ -338,7 +343,8 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         "## This copy",
         "",
         f"- Trained {training['trained']} with amecam {training['amecam_version']} on `{training['data']}`.",
-        f"- Modalities: {', '.join(training['settings']['modalities'])}; slice size {training['settings']['image_size']}; seed {training['settings']['seed']}.",
+        f"- Modalities: {', '.join(training['settings']['modalities'])}; slice size {training['settings']['image_size']}; "
+        f"stem stride {training['settings'].get('stem_stride', 2)}; seed {training['settings']['seed']}.",
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
         f"- Stage 1 best epoch {training['stage1']['best_epoch']} with validation slice AUC {training['stage1']['best_val_auc']}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
@@ -388,6 +394,7 @@ def train_bundle(
         metadata = read_metadata(output)
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
         metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}
+        metadata.setdefault("network_args", {})["stem_stride"] = resolved.stem_stride
         write_metadata(output, metadata)
         common = dict(bundle_root=str(output), dataset_dir=str(slices), device=resolved.device, seed=resolved.seed,
                       batch_size=resolved.batch_size, progress=progress)

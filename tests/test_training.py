@@ -83,6 +83,8 @@ def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
         resolve_settings(pretrain="byol")
     with pytest.raises(AmecamError, match="--device must be one of auto, cpu, cuda"):
         resolve_settings(device="tpu")
+    with pytest.raises(AmecamError, match="--stem_stride must be 1 .* or 2, got 4"):
+        resolve_settings(stem_stride=4)
 
 
 def test_simclr_pretraining_feeds_stage_1(tmp_path):
@@ -96,9 +98,19 @@ def test_simclr_pretraining_feeds_stage_1(tmp_path):
     assert json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["pretrain"] == "simclr"
 
 
-def test_multi_channel_training(tmp_path, tiny_dataset):
+def test_multi_channel_training_with_the_full_resolution_stem(tmp_path, tiny_dataset):
     run = tmp_path / "run"
-    train_bundle(tiny_dataset, run, settings={**TINY_SETTINGS, "modalities": "flair,t1ce", "epochs": 1}, progress=False)
+    settings = {**TINY_SETTINGS, "modalities": "flair,t1ce", "epochs": 1, "stem_stride": 1}
+    train_bundle(tiny_dataset, run, settings=settings, progress=False)
     metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 2
     assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "flair", "1": "t1ce"}
+    assert metadata["network_args"] == {"stem_stride": 1}
+    # the trained bundle rebuilds the same architecture from its own configs: M1 at half the input size
+    from amecam_cli.bundle import instantiate_network
+
+    network = instantiate_network(run)
+    network.load_state_dict(torch.load(run / "models" / "model.pt", weights_only=True))
+    assert network.classifier.stem[0].stride == (1, 1)
+    features = network.classifier.stem(torch.rand(1, 2, 64, 64))
+    assert features.shape[-1] == 32
