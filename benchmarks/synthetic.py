@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--attention_epochs", type=int, default=6)
     parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--stem_stride", type=int, default=None, help="amecam train --stem_stride (default: the code default)")
     parser.add_argument("--methods", default="all")
     parser.add_argument("--budget", type=int, default=32, help="ScoreCAM channels per slice")
     parser.add_argument("--no_crf", action="store_true")
@@ -50,7 +51,8 @@ def main() -> None:
     test_list = write_datalist(out / "test.json", test, modalities)
     report, more = train_and_evaluate(out, train_list, test_list, modality=args.modality, epochs=args.epochs,
                                       attention_epochs=args.attention_epochs, image_size=args.image_size, seed=args.seed,
-                                      methods=args.methods, budget=args.budget, crf=not args.no_crf)
+                                      methods=args.methods, budget=args.budget, crf=not args.no_crf,
+                                      extra_train=[] if args.stem_stride is None else ["--stem_stride", args.stem_stride])
     timings.update(more)
     summary = {
         "modality": args.modality, "seed": args.seed, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],

@@ -32,6 +32,15 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert "## This copy" in (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
 
 
+def test_same_seed_same_weights(tiny_bundle, tmp_path):
+    # the seed must also fix the initial weights, which the configs build before any trainer runs
+    train_bundle(tiny_bundle.parent / "data", tmp_path / "again", settings=dict(TINY_SETTINGS), progress=False)
+    first = torch.load(tiny_bundle / "models" / "model.pt", weights_only=True)
+    second = torch.load(tmp_path / "again" / "models" / "model.pt", weights_only=True)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_resume_continues_after_the_last_checkpoint(tmp_path):
     data = tmp_path / "data"
     for i in range(4):
