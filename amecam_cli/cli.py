@@ -165,8 +165,8 @@ def train(
         epochs: stage-1 epochs (default 20).
         attention_epochs: stage-2 epochs (default 8).
         image_size: slice side (default 128).
-        stem_stride: stride of the network's first convolution, 1 or 2 (default 2); 1 doubles the
-            resolution of every exit map at about 3x the compute.
+        stem_stride: stride of the network's first convolution, 1 or 2 (default 1); 2 halves the
+            resolution of every exit map for about 3x less compute (worse maps, see docs/benchmarks.md).
         batch_size: slices per batch (default 32).
         device: auto, cpu or cuda (default auto).
         seed: seed of the split, initialisation and sampling (default 0).
@@ -252,7 +252,7 @@ def infer(
 def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
     """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    Example: amecam export runs/flair -o amecam_flair_v0.1.0.zip
+    Example: amecam export runs/flair -o amecam_flair_v0.2.0.zip
 
     Args:
         run: trained bundle folder.
@@ -270,7 +270,7 @@ def export(run: str, output: str | None = None, overwrite: bool = False) -> None
 def verify(bundle: str, device: str = "cpu") -> None:
     """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
 
-    Example: amecam verify amecam_flair_v0.1.0.zip
+    Example: amecam verify amecam_flair_v0.2.0.zip
 
     Args:
         bundle: bundle folder or zip.

@@ -67,7 +67,7 @@ class TrainSettings:
     pretrain: str = "none"
     pretrain_epochs: int = 10
     image_size: int = 128
-    stem_stride: int = 2
+    stem_stride: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
     attention_learning_rate: float = 1e-3
@@ -95,7 +95,7 @@ class TrainSettings:
             )
         if self.stem_stride not in (1, 2):
             raise AmecamError(
-                f"--stem_stride must be 1 (exit maps at twice the resolution, about 3x slower) or 2, got {self.stem_stride}"
+                f"--stem_stride must be 1 (full-resolution exit maps) or 2 (about 3x faster, coarser maps), got {self.stem_stride}"
             )
         if self.batch_size < 2:
             raise AmecamError(f"--batch_size must be >= 2, got {self.batch_size}")
@@ -344,7 +344,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         "",
         f"- Trained {training['trained']} with amecam {training['amecam_version']} on `{training['data']}`.",
         f"- Modalities: {', '.join(training['settings']['modalities'])}; slice size {training['settings']['image_size']}; "
-        f"stem stride {training['settings'].get('stem_stride', 2)}; seed {training['settings']['seed']}.",
+        f"stem stride {training['settings'].get('stem_stride', 1)}; seed {training['settings']['seed']}.",
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
         f"- Stage 1 best epoch {training['stage1']['best_epoch']} with validation slice AUC {training['stage1']['best_val_auc']}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",

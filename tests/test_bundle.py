@@ -26,10 +26,10 @@ def test_template_is_installed_with_the_package():
 
 
 def test_export_and_verify_offline(tmp_path, tiny_bundle):
-    archive = export_bundle(tiny_bundle, tmp_path / "amecam_flair_v0.1.0.zip")
+    archive = export_bundle(tiny_bundle, tmp_path / "amecam_flair_v0.2.0.zip")
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
-    assert "amecam_flair_v0.1.0/models/model.pt" in names and "amecam_flair_v0.1.0/models/model.ts" in names
+    assert "amecam_flair_v0.2.0/models/model.pt" in names and "amecam_flair_v0.2.0/models/model.ts" in names
     assert not any("/slices/" in n or "/checkpoints/" in n or "/logs/" in n for n in names)
     rows = verify_bundle(archive)
     assert all(passed for _, passed, _ in rows), rows

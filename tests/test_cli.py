@@ -142,12 +142,12 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     code, _, err = run(capsys, "crf", str(src), str(tmp_path / "c.nii.gz"), "-o", str(tmp_path / "crf.nii.gz"), "--threshold", "0.3")
     assert code == 0, err
     assert np.asanyarray(nib.load(str(tmp_path / "crf.nii.gz")).dataobj).dtype == np.uint8
-    code, out, err = run(capsys, "export", str(tiny_bundle), "-o", str(tmp_path / "b_v0.1.0.zip"))
+    code, out, err = run(capsys, "export", str(tiny_bundle), "-o", str(tmp_path / "b_v0.2.0.zip"))
     assert code == 0, err
-    code, out, err = run(capsys, "verify", str(tmp_path / "b_v0.1.0.zip"))
+    code, out, err = run(capsys, "verify", str(tmp_path / "b_v0.2.0.zip"))
     assert code == 0, err + out
     assert out.count("PASS") >= 4 and "FAIL" not in out
-    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "z.nii.gz"), "--bundle", str(tmp_path / "b_v0.1.0.zip"))
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "z.nii.gz"), "--bundle", str(tmp_path / "b_v0.2.0.zip"))
     assert code == 0, err
 
 
