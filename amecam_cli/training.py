@@ -91,7 +91,7 @@ class TrainSettings:
             raise AmecamError(f"--attention_epochs must be >= 0, got {self.attention_epochs}")
         if self.image_size < 64 or self.image_size % 32:
             raise AmecamError(
-                f"--image_size must be a multiple of 32 and >= 64 (the last stage is image_size/32 pixels wide), got {self.image_size}"
+                f"--image_size must be a multiple of 32 and >= 64 (the last stage is image_size/32 pixels wide at --stem_stride 2), got {self.image_size}"
             )
         if self.stem_stride not in (1, 2):
             raise AmecamError(
@@ -138,6 +138,8 @@ def resolve_settings(*, config: Path | None = None, saved: dict | None = None, *
     if saved is not None:
         merged.update({k: v for k, v in saved.items() if k in valid})
         sources.update({k: "saved run" for k in merged})
+        if "stem_stride" not in merged:  # runs started before 0.2.0 trained the stride-2 network
+            merged["stem_stride"], sources["stem_stride"] = 2, "saved run (before 0.2.0)"
     elif config is not None:
         data = _read_settings_file(config)
         unknown = sorted(set(data) - valid)

@@ -95,6 +95,10 @@ def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
         resolve_settings(device="tpu")
     with pytest.raises(AmecamError, match="--stem_stride must be 1 .* or 2 .*, got 4"):
         resolve_settings(stem_stride=4)
+    # a run saved before the option existed was trained with the stride-2 stem, and resumes with it
+    assert resolve_settings(saved=TrainSettings().as_dict() | {"stem_stride": 1}).stem_stride == 1
+    old_run = {k: v for k, v in TrainSettings().as_dict().items() if k != "stem_stride"}
+    assert resolve_settings(saved=old_run).stem_stride == 2
 
 
 def test_simclr_pretraining_feeds_stage_1(tmp_path):

@@ -80,7 +80,8 @@ class MultiExitResNet(nn.Module):
         layers: residual blocks per stage (ResNet-18: 2, 2, 2, 2).
         widths: channels per stage.
         norm: MONAI norm spec used in the stem, every block and every shortcut.
-        stem_stride: stride of the 7x7 stem convolution.
+        stem_stride: stride of the 7x7 stem convolution. A bundle's configs pass ``network_args.stem_stride``
+            from its metadata (``amecam train`` defaults to 1, full-resolution maps; 2 is the fast variant).
         stem_pool: whether the stem ends with a 3x3 stride-2 max pool.
         last_stride: stride of the last stage; 1 keeps M4 at twice the resolution (its 3x3 convolutions
             are then dilated by 2 to keep their receptive field), the usual choice in weakly supervised
