@@ -88,7 +88,8 @@ def table(report: dict, rows: list[str] | None = None) -> str:
 
 def train_and_evaluate(out: Path, train_list: Path, test_list: Path, *, modality: str, epochs: int, attention_epochs: int,
                        image_size: int, seed: int, methods: str = "all", budget: int = 32, crf: bool = True,
-                       extra_train: list | None = None, extra_evaluate: list | None = None) -> tuple[dict, dict]:
+                       stem_stride: int | None = None, extra_train: list | None = None,
+                       extra_evaluate: list | None = None) -> tuple[dict, dict]:
     """``amecam train`` on ``train_list`` (resumed or reused when already there), then ``amecam evaluate`` on ``test_list``.
 
     Returns:
@@ -99,7 +100,7 @@ def train_and_evaluate(out: Path, train_list: Path, test_list: Path, *, modality
     timings = {}
     train_args = ["train", "--data_dir", train_list, "--output_dir", run, "--modality", modality, "--epochs", epochs,
                   "--attention_epochs", attention_epochs, "--image_size", image_size, "--seed", seed, "--device", "cpu",
-                  *(extra_train or [])]
+                  *([] if stem_stride is None else ["--stem_stride", stem_stride]), *(extra_train or [])]
     if (run / "models" / "model.ts").is_file():
         print(f"reusing the trained bundle in {run}")
     else:

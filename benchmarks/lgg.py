@@ -46,8 +46,7 @@ def main() -> None:
     test_list = write_datalist(out / "test.json", test, ("flair",))
     report, timings = train_and_evaluate(out, train_list, test_list, modality="flair", epochs=args.epochs,
                                          attention_epochs=args.attention_epochs, image_size=args.image_size, seed=args.seed,
-                                         methods=args.methods, budget=args.budget, crf=not args.no_crf,
-                                         extra_train=[] if args.stem_stride is None else ["--stem_stride", args.stem_stride])
+                                         methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride)
     summary = {
         "seed": args.seed, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
         "n_test_slices": report["n_slices"], "classifier_slice_auc": report["classifier_slice_auc"], "timings_s": timings,

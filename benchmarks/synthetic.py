@@ -51,8 +51,7 @@ def main() -> None:
     test_list = write_datalist(out / "test.json", test, modalities)
     report, more = train_and_evaluate(out, train_list, test_list, modality=args.modality, epochs=args.epochs,
                                       attention_epochs=args.attention_epochs, image_size=args.image_size, seed=args.seed,
-                                      methods=args.methods, budget=args.budget, crf=not args.no_crf,
-                                      extra_train=[] if args.stem_stride is None else ["--stem_stride", args.stem_stride])
+                                      methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride)
     timings.update(more)
     summary = {
         "modality": args.modality, "seed": args.seed, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
