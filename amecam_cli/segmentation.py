@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .bundle import instantiate_network, open_bundle, read_metadata, write_metadata
 from .errors import AmecamError
-from .training import TrainSettings, _prepare_run_folder, attach_run_log, detach_run_log, _slice_if_needed, export_torchscript, run_config
+from .training import TrainSettings, _prepare_run_folder, _saved_settings, attach_run_log, detach_run_log, _slice_if_needed, export_torchscript, run_config
 
 __all__ = ["write_pseudo_labels", "train_segmentation"]
 
@@ -122,8 +122,9 @@ def train_segmentation(
         raise AmecamError(f"{data}: no such file or folder")
     training = source.metadata.get("amecam_training", {})
     base = dict(training.get("settings", {}))
-    saved = _prepare_run_folder(output, resume=resume, overwrite=overwrite)
+    saved = _saved_settings(output) if resume else None
     if saved is None:
+        _prepare_run_folder(output, overwrite=overwrite)
         configs = output / "configs"
         shutil.move(str(configs / "inference_seg.yaml"), configs / "inference.yaml")
         for name in configs.glob("train_stage*.yaml"):

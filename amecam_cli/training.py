@@ -230,12 +230,16 @@ def _is_slice_dataset(path: Path) -> bool:
         return False
 
 
-def _prepare_run_folder(output: Path, *, resume: bool, overwrite: bool) -> dict | None:
+def _saved_settings(output: Path) -> dict:
+    """The settings of the interrupted run in ``output`` (for --resume)."""
     settings_path = output / "configs" / SETTINGS_FILE
-    if resume:
-        if not settings_path.is_file():
-            raise AmecamError(f"{output}: nothing to resume (no configs/{SETTINGS_FILE}); start a run without --resume")
-        return json.loads(settings_path.read_text(encoding="utf-8"))
+    if not settings_path.is_file():
+        raise AmecamError(f"{output}: nothing to resume (no configs/{SETTINGS_FILE}); start a run without --resume")
+    return json.loads(settings_path.read_text(encoding="utf-8"))
+
+
+def _prepare_run_folder(output: Path, *, overwrite: bool) -> None:
+    """Check that a new run may use ``output`` and copy the bundle template into it."""
     if output.exists() and not output.is_dir():
         raise AmecamError(f"{output}: exists and is not a folder")
     if output.exists() and any(output.iterdir()):
@@ -251,7 +255,6 @@ def _prepare_run_folder(output: Path, *, resume: bool, overwrite: bool) -> dict 
         copy_template(output)
     except OSError as exc:
         raise AmecamError(f"{output}: cannot write the bundle there ({exc.strerror or exc})") from exc
-    return None
 
 
 def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern: str | None) -> tuple[Path, dict]:
@@ -386,8 +389,11 @@ def train_bundle(
     data, output = Path(data), Path(output)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")
-    saved = _prepare_run_folder(output, resume=resume, overwrite=overwrite)
+    saved = _saved_settings(output) if resume else None
+    # every setting is checked before anything is written, so a typo leaves no half-made bundle behind
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
+    if not resume:
+        _prepare_run_folder(output, overwrite=overwrite)
     (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)

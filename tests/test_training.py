@@ -76,6 +76,10 @@ def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_da
     assert (tmp_path / "run" / "notes.txt").read_text(encoding="utf-8") == "mine"
     with pytest.raises(AmecamError, match="nothing to resume"):
         train_bundle(tiny_dataset, tmp_path / "other", resume=True)
+    # a bad setting is refused before the run folder is touched, so the retry needs no --overwrite
+    with pytest.raises(AmecamError, match="--stem_stride must be"):
+        train_bundle(tiny_dataset, tmp_path / "typo", settings={**TINY_SETTINGS, "stem_stride": 3})
+    assert not (tmp_path / "typo").exists()
 
 
 def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
