@@ -63,6 +63,25 @@ def test_inference_network_has_one_output_in_unit_range():
     assert torch.allclose(out[:, 0].flatten(1).amin(1), torch.zeros(2), atol=1e-3)
 
 
+def test_gated_forward_computes_maps_once_and_only_for_tumour_slices():
+    torch.manual_seed(0)
+    net = AMECAMNet(in_channels=1, stem_stride=1).eval()
+    x = torch.rand(6, 1, 64, 64) * (torch.rand(6, 1, 1, 1) + 0.5)
+    with torch.no_grad():
+        full = net(x)
+        probability = full[:, 1, 0, 0]
+        threshold = float(probability.median())  # some slices on each side
+        calls = []
+        hook = net.classifier.register_forward_hook(lambda *args: calls.append(1))
+        gated = net.forward_gated(x, threshold)
+        hook.remove()
+    keep = probability >= threshold
+    assert 0 < int(keep.sum()) < 6 and len(calls) == 1  # one classifier pass for all six slices
+    assert torch.allclose(gated[:, 1], full[:, 1])
+    assert torch.allclose(gated[keep, 0], full[keep, 0], atol=1e-5)
+    assert torch.count_nonzero(gated[~keep, 0]) == 0
+
+
 def _blob(size=32):
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     return (((yy - 10) ** 2 + (xx - 20) ** 2) < 16).float()

@@ -170,10 +170,14 @@ class MultiExitResNet(nn.Module):
             ``(logits (B, 4), maps (B, 4, H, W))``.
         """
         logits, maps = self(x)
+        return logits, self.orient_maps(x, maps)
+
+    def orient_maps(self, x: torch.Tensor, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The raw maps of :meth:`forward` upsampled to ``x``, oriented and normalised: ``(B, 4, H, W)``."""
         size = x.shape[-2:]
         upsampled = torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps], dim=1)
         oriented = upsampled * self.exit_polarity.to(upsampled.dtype).view(1, -1, 1, 1)
-        return logits, minmax_per_image(oriented, brain_region(x))
+        return minmax_per_image(oriented, brain_region(x))
 
 
 class AttentionAggregator(nn.Module):
@@ -242,9 +246,12 @@ class AMECAMNet(nn.Module):
     def all_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate: exit ``logits`` (B, 4), ``exits`` (B, 4, H, W), ``attention`` Mf and ``final``."""
         logits, exits = self.classifier.exit_maps(x)
+        return {"logits": logits, **self._combine(x, exits)}
+
+    def _combine(self, x: torch.Tensor, exits: torch.Tensor) -> dict[str, torch.Tensor]:
         mf = self.aggregator.oriented(self.grey(x), exits)
         final = minmax_per_image(torch.cat([exits, mf], dim=1).mean(dim=1, keepdim=True), brain_region(x))
-        return {"logits": logits, "exits": exits, "attention": mf, "final": final}
+        return {"exits": exits, "attention": mf, "final": final}
 
     def slice_probability(self, x: torch.Tensor) -> torch.Tensor:
         """``(B,)`` tumour probability of the deepest exit, without computing any map."""
@@ -254,6 +261,24 @@ class AMECAMNet(nn.Module):
         out = self.all_maps(x)
         prob = torch.sigmoid(out["logits"][:, -1]).view(-1, 1, 1, 1).expand_as(out["final"])
         return torch.cat([out["final"], prob], dim=1)
+
+    def forward_gated(self, x: torch.Tensor, probability_threshold: float = 0.5) -> torch.Tensor:
+        """:meth:`forward` with the maps computed only where the slice probability reaches the threshold.
+
+        One pass of the classifier scores every slice and keeps its (small) raw exit maps; upsampling,
+        normalisation and the aggregator then run on the slices called tumour only. Their output equals
+        :meth:`forward`'s (every norm is per image); the others get map 0 and their probability.
+        """
+        logits, raw = self.classifier(x)
+        probability = torch.sigmoid(logits[:, -1])
+        output = torch.zeros(x.shape[0], 2, *x.shape[-2:], dtype=x.dtype, device=x.device)
+        output[:, 1] = probability.view(-1, 1, 1).to(x.dtype)
+        keep = torch.nonzero(probability >= probability_threshold).flatten()
+        if len(keep):
+            kept = x[keep]
+            exits = self.classifier.orient_maps(kept, [m[keep] for m in raw])
+            output[keep, 0] = self._combine(kept, exits)["final"][:, 0].to(x.dtype)
+        return output
 
 
 class SegmentationNet(nn.Module):
