@@ -107,6 +107,7 @@ def _slice_dice(network, cases, size: int, crop: bool) -> tuple[float, int, floa
 
 def train_benchmark(args) -> dict:
     import torch
+    from monai.utils import set_determinism
 
     from amecam_bundle.scripts.networks import AMECAMNet, MultiExitResNet
     from amecam_bundle.scripts.train import AttentionTrainer, ClassifierTrainer
@@ -124,18 +125,20 @@ def train_benchmark(args) -> dict:
     for name in ("amecam", "naive"):
         folder = out / name
         naive = name == "naive"
+        size = 128 if naive else args.image_size
         if naive:
             slices = folder / "slices" if (folder / "slices" / "manifest.csv").exists() else _naive_slices(train, folder / "slices", 128, 0)
         else:
             slices = folder / "slices"
             slice_dataset(train, slices, SliceSettings(modalities=("flair",), image_size=size, seed=0), progress=False)
         network_kwargs = {"stem_stride": 1 if naive else args.stem_stride}
-        size = 128 if naive else args.image_size
         common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=0, device="cpu",
                       progress=False, channels_last=not naive)
+        set_determinism(seed=0)  # the initial weights too, as the bundle's training configs do
         started = time.perf_counter()
         stage1 = ClassifierTrainer(MultiExitResNet(1, **network_kwargs), epochs=args.epochs, balance=not naive, **common).run()
         t1 = time.perf_counter() - started
+        set_determinism(seed=0)
         started = time.perf_counter()
         stage2 = AttentionTrainer(AMECAMNet(1, **network_kwargs), classifier_weights=str(folder / "models" / "classifier.pt"),
                                   epochs=args.attention_epochs, **common).run()
