@@ -126,8 +126,9 @@ def train_benchmark(args) -> dict:
         folder = out / name
         naive = name == "naive"
         size = 128 if naive else args.image_size
-        if naive:
-            slices = folder / "slices" if (folder / "slices" / "manifest.csv").exists() else _naive_slices(train, folder / "slices", 128, 0)
+        crop = not naive and not args.no_crop
+        if not crop:
+            slices = folder / "slices" if (folder / "slices" / "manifest.csv").exists() else _naive_slices(train, folder / "slices", size, 0)
         else:
             slices = folder / "slices"
             slice_dataset(train, slices, SliceSettings(modalities=("flair",), image_size=size, seed=0), progress=False)
@@ -147,7 +148,7 @@ def train_benchmark(args) -> dict:
         network.load_state_dict(torch.load(folder / "models" / "model.pt"))
         if not naive:
             network = network.to(memory_format=torch.channels_last)
-        slice_dice, n_slices, maps_per_s = _slice_dice(network, test, size, crop=not naive)
+        slice_dice, n_slices, maps_per_s = _slice_dice(network, test, size, crop=crop)
         history = stage1["history"]
         results[name] = {
             "stage1_seconds": t1, "stage2_seconds": t2, "train_seconds": t1 + t2,
@@ -155,7 +156,7 @@ def train_benchmark(args) -> dict:
             "stage1_slices_per_s": float(np.median([h["train_slices_per_s"] for h in history])),
             "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]])),
             "slice_dice": slice_dice, "n_test_slices": n_slices, "inference_slices_per_s": maps_per_s,
-            "best_val_auc": stage1["best_val_auc"], "stem_stride": network_kwargs["stem_stride"], "image_size": size,
+            "best_val_auc": stage1["best_val_auc"], "stem_stride": network_kwargs["stem_stride"], "image_size": size, "crop": crop,
         }
         print(name, json.dumps(results[name], indent=1), flush=True)
     if "amecam" not in results or "naive" not in results:
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--attention_epochs", type=int, default=3)
     parser.add_argument("--stem_stride", type=int, choices=(1, 2), default=2, help="train: the amecam pipeline's stem stride")
     parser.add_argument("--image_size", type=int, default=128, help="train: the amecam pipeline's slice side (the naive one stays 128)")
+    parser.add_argument("--no_crop", action="store_true",
+                        help="train: the amecam pipeline on whole slices like the naive one (an ablation of the crop)")
     parser.add_argument("--pipelines", default="amecam,naive", choices=("amecam,naive", "amecam", "naive"),
                         help="train: which pipelines to run (the speed-up needs both)")
     parser.add_argument("--repeats", type=int, default=3)
