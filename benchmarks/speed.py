@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py train      # training throughput and the Dice each pipeline reaches
     python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass
+    python benchmarks/speed.py boxes      # how wide the brain box (the crop) is on the phantoms
 
 ``train`` trains AME-CAM twice on (up to) the 16 training cases of the synthetic benchmark cohort (seed 0) for
 the same number of epochs and scores both on every tumour slice of the 6 test cases (threshold 0.5,
@@ -14,7 +15,7 @@ no CRF, the same code for both):
   variant) and the crop's side in pixels (``--image_size``, default 128) given on the command line.
   ``--stem_stride 1`` is the naive network's own stem (the default of ``amecam train``); with it the
   speed can only come from the rest, e.g. ``--image_size 96``: a crop of the brain at 96 pixels has
-  about the pixel size of the naive whole slice at 128, since the brain fills about 3/4 of the slice.
+  about the pixel size of the naive whole slice at 128, since the brain box is about 3/4 of the slice wide (``boxes``).
 
 ``infer`` times ``amecam infer`` end to end in a fresh process (start-up, reading, preprocessing,
 network, writing) against a fresh process that only builds MONAI's ResNet-18 and runs it over the
@@ -218,9 +219,26 @@ def infer_benchmark(args) -> dict:
     }
 
 
+def boxes_benchmark(args) -> dict:
+    """Side of each phantom's brain box (the crop) in pixels of the 240-pixel slice."""
+    from amecam_bundle.scripts.preprocess import prepare_volume
+
+    from amecam_cli.cases import find_cases, load_case
+
+    cohort = OUTPUT / "cohort_seed0_n22"
+    amecam("synth", cohort, "--n_cases", 22, "--seed", 0)
+    sides = {}
+    for case in find_cases(cohort, "flair"):
+        prepared = prepare_volume(load_case(case).channels)
+        (x0, x1, y0, y1), nx = prepared.box, prepared.brain.shape[0]
+        sides[case.case_id] = max(x1 - x0, y1 - y0)
+    values = sorted(sides.values())
+    return {"slice_side": nx, "brain_box_side": sides, "min": values[0], "median": float(np.median(values)), "max": values[-1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("train", "infer"))
+    parser.add_argument("part", choices=("train", "infer", "boxes"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n_train", type=int, default=16, help="training cases (of the 16); fewer keeps the naive run short")
     parser.add_argument("--attention_epochs", type=int, default=3)
@@ -234,7 +252,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     args = parser.parse_args()
-    results = train_benchmark(args) if args.part == "train" else infer_benchmark(args)
+    results = {"train": train_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark}[args.part](args)
     results["machine"] = machine()
     results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,28 @@ def test_gated_forward_computes_maps_once_and_only_for_tumour_slices():
     assert torch.count_nonzero(gated[~keep, 0]) == 0
 
 
+def test_predictor_skips_maps_of_normal_slices_in_one_pass():
+    from amecam_bundle.scripts.inference import VolumePredictor
+
+    torch.manual_seed(1)
+    net = AMECAMNet(in_channels=1).eval()
+    x = torch.rand(5, 1, 64, 64) * (torch.rand(5, 1, 1, 1) + 0.5)
+    with torch.no_grad():
+        probability = net(x)[:, 1, 0, 0]
+    threshold = float(probability.median())
+    predictor = VolumePredictor(net, image_size=64, device="cpu", batch_size=2, probability_threshold=threshold)
+    calls = []
+    hook = net.classifier.register_forward_hook(lambda *args: calls.append(1))
+    every = predictor.network_output(x, all_maps=True)
+    n_full = len(calls)
+    gated = predictor.network_output(x, all_maps=False)
+    hook.remove()
+    keep = every[:, 1, 0, 0] >= threshold
+    assert n_full == 3 and len(calls) - n_full == 3  # batches of 2: one classifier pass per batch either way
+    assert torch.allclose(gated[keep], every[keep], atol=1e-5)
+    assert torch.count_nonzero(gated[~keep, 0]) == 0 and torch.allclose(gated[:, 1], every[:, 1])
+
+
 def _blob(size=32):
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     return (((yy - 10) ** 2 + (xx - 20) ** 2) < 16).float()

@@ -122,27 +122,17 @@ class VolumePredictor:
     def network_output(self, slices: torch.Tensor, *, all_maps: bool = True) -> torch.Tensor:
         """Run the network over ``(n, C, S, S)`` slices in batches; returns ``(n, 2, S, S)`` on the CPU.
 
-        With ``all_maps=False``, gating on and a network that can score slices without maps, maps are
-        computed only for the slices the classifier calls tumour: the others get an empty mask whatever
-        their map, so their map is left at zero. A network with ``forward_gated`` does this in one pass
-        of its classifier; one with only ``slice_probability`` scores every slice first, then runs in
-        full on the slices it keeps.
+        With ``all_maps=False``, gating on and a network with ``forward_gated`` (``AMECAMNet``), the maps
+        are computed only for the slices the classifier calls tumour, in the same single pass that scores
+        every slice: the others get an empty mask whatever their map, so their map is left at zero.
         """
         n, size = slices.shape[0], self.image_size
         if n == 0:
             return torch.zeros(0, 2, size, size)
-        if all_maps or not self.gate or not hasattr(self.network, "slice_probability"):
+        if all_maps or not self.gate or not hasattr(self.network, "forward_gated"):
             return self._batched(self.network, slices)
-        if hasattr(self.network, "forward_gated"):
-            threshold = self.probability_threshold
-            return self._batched(lambda batch: self.network.forward_gated(batch, threshold), slices)
-        probability = self._batched(self.network.slice_probability, slices)
-        output = torch.zeros(n, 2, size, size)
-        output[:, 1] = probability.view(-1, 1, 1)
-        keep = torch.nonzero(probability >= self.probability_threshold).flatten()
-        if len(keep):
-            output[keep] = self._batched(self.network, slices[keep])
-        return output
+        threshold = self.probability_threshold
+        return self._batched(lambda batch: self.network.forward_gated(batch, threshold), slices)
 
     def predict_canonical(self, channels: np.ndarray, *, brain: np.ndarray | None = None, all_maps: bool = True) -> Prediction:
         """Predict on a canonical ``(C, x, y, z)`` volume of raw intensities.

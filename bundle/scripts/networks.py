@@ -253,10 +253,6 @@ class AMECAMNet(nn.Module):
         final = minmax_per_image(torch.cat([exits, mf], dim=1).mean(dim=1, keepdim=True), brain_region(x))
         return {"exits": exits, "attention": mf, "final": final}
 
-    def slice_probability(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` tumour probability of the deepest exit, without computing any map."""
-        return torch.sigmoid(self.classifier(x)[0][:, -1])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.all_maps(x)
         prob = torch.sigmoid(out["logits"][:, -1]).view(-1, 1, 1, 1).expand_as(out["final"])
