@@ -211,7 +211,7 @@ def infer(
     modality: str | None = None,
     min_size: int = 0,
     device: str = "auto",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
 ) -> None:
@@ -229,7 +229,7 @@ def infer(
         modality: the modality of the input if its file name says otherwise; must be one the bundle was trained on.
         min_size: drop 3-D islands smaller than this many voxels (default 0: keep all).
         device: auto, cpu or cuda.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (default 8 on a CPU, 64 on a GPU).
         pattern: naming pattern for a dataset folder, see amecam slice.
         overwrite: replace existing outputs.
     """
@@ -242,7 +242,7 @@ def infer(
     results = run_inference(
         _path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), modality=modality,
         threshold=_float(threshold, "threshold"), crf=bool(crf), save_cam=_path(save_cam, "save_cam") if save_cam else None,
-        device=str(device), min_size=_int(min_size, "min_size", minimum=0), batch_size=_int(batch_size, "batch_size", minimum=1),
+        device=str(device), min_size=_int(min_size, "min_size", minimum=0), batch_size=None if batch_size is None else _int(batch_size, "batch_size", minimum=1),
         pattern=pattern, overwrite=bool(overwrite),
     )
     logger.info("wrote %d mask(s)", len(results))
@@ -252,7 +252,7 @@ def infer(
 def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
     """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    Example: amecam export runs/flair -o amecam_flair_v0.2.1.zip
+    Example: amecam export runs/flair -o amecam_flair_v0.2.2.zip
 
     Args:
         run: trained bundle folder.
@@ -270,7 +270,7 @@ def export(run: str, output: str | None = None, overwrite: bool = False) -> None
 def verify(bundle: str, device: str = "cpu") -> None:
     """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
 
-    Example: amecam verify amecam_flair_v0.2.1.zip
+    Example: amecam verify amecam_flair_v0.2.2.zip
 
     Args:
         bundle: bundle folder or zip.

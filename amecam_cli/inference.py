@@ -124,7 +124,7 @@ def run_inference(
     save_cam: str | Path | None = None,
     device: str = "auto",
     min_size: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -139,8 +139,8 @@ def run_inference(
     seconds_open = time.perf_counter() - started
     jobs = plan_jobs(Path(source), Path(output), bundle, modality=modality,
                      save_cam=Path(save_cam) if save_cam else None, pattern=pattern, overwrite=overwrite)
-    predictor = bundle.predictor(device=device, batch_size=batch_size, threshold=float(threshold), crf=bool(crf),
-                                 min_component_voxels=int(min_size))
+    options = {"batch_size": batch_size} if batch_size else {}  # unset: the bundle's own default for the device
+    predictor = bundle.predictor(device=device, threshold=float(threshold), crf=bool(crf), min_component_voxels=int(min_size), **options)
     results = []
     for job in tqdm(jobs, desc="infer", unit="volume", disable=None if progress and len(jobs) > 1 else True):
         t0 = time.perf_counter()

@@ -104,6 +104,20 @@ def test_predictor_skips_maps_of_normal_slices_in_one_pass():
     assert torch.count_nonzero(gated[~keep, 0]) == 0 and torch.allclose(gated[:, 1], every[:, 1])
 
 
+
+def test_predictor_batch_size_defaults_per_device_and_does_not_change_the_output():
+    from amecam_bundle.scripts.inference import DEFAULT_BATCH_SIZE, VolumePredictor
+
+    torch.manual_seed(2)
+    net = AMECAMNet(in_channels=1).eval()
+    x = torch.rand(11, 1, 64, 64)
+    default = VolumePredictor(net, image_size=64, device="cpu")
+    assert default.batch_size == DEFAULT_BATCH_SIZE["cpu"] < 11
+    large = VolumePredictor(net, image_size=64, device="cpu", batch_size=64)
+    assert large.batch_size == 64
+    # every norm is per image, so how the slices are batched must not change a single value
+    assert torch.allclose(default.network_output(x), large.network_output(x), atol=1e-5)
+
 def _blob(size=32):
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     return (((yy - 10) ** 2 + (xx - 20) ** 2) < 16).float()

@@ -31,6 +31,11 @@ __all__ = ["Prediction", "VolumePredictor"]
 
 logger = logging.getLogger("amecam.inference")
 
+#: slices per forward pass when none is given: small batches keep a stride-1 ResNet's activations in the
+#: CPU's caches (docs/benchmarks.md section 7: about 20% less network time than 64 on a 2-core CPU);
+#: a GPU wants large ones
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
+
 
 @dataclass
 class Prediction:
@@ -60,7 +65,7 @@ class VolumePredictor:
         network: module mapping ``(B, C, S, S)`` to ``(B, 2, S, S)``.
         image_size: the side ``S`` the network was trained on.
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; ``None`` picks :data:`DEFAULT_BATCH_SIZE` for the device.
         threshold: the map value from which a pixel is tumour.
         gate: give slices with tumour probability below ``probability_threshold`` an empty mask.
         probability_threshold: the classifier's decision threshold.
@@ -75,7 +80,7 @@ class VolumePredictor:
         *,
         image_size: int,
         device: str | torch.device = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         threshold: float = 0.5,
         gate: bool = True,
         probability_threshold: float = 0.5,
@@ -89,7 +94,7 @@ class VolumePredictor:
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size else DEFAULT_BATCH_SIZE.get(self.device.type, 64)
         self.threshold = float(threshold)
         self.gate = bool(gate)
         self.probability_threshold = float(probability_threshold)
