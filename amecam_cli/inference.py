@@ -135,7 +135,7 @@ def run_inference(
     if not 0.0 <= float(threshold) <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {threshold}")
     started = time.perf_counter()
-    bundle = open_bundle(bundle_path, device=device)
+    bundle = open_bundle(bundle_path, device=device, torchscript=True)
     seconds_open = time.perf_counter() - started
     jobs = plan_jobs(Path(source), Path(output), bundle, modality=modality,
                      save_cam=Path(save_cam) if save_cam else None, pattern=pattern, overwrite=overwrite)

@@ -19,7 +19,8 @@ no CRF, the same code for both):
 
 ``infer`` times ``amecam infer`` end to end in a fresh process (start-up, reading, preprocessing,
 network, writing) against a fresh process that only builds MONAI's ResNet-18 and runs it over the
-same 155 slices at 128x128, and reports where amecam's time goes.
+same 155 slices at 128x128, and reports where amecam's time goes. ``--versus B1 B2 ...`` times more
+bundles in the same repeats, in turn, so that they are compared under the same load.
 """
 
 from __future__ import annotations
@@ -189,34 +190,55 @@ def _timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - started, result.stderr
 
 
+def _infer_once(bundle: Path, volume: Path, out: Path) -> tuple[float, dict]:
+    executable = str(Path(sys.executable).with_name("amecam"))
+    seconds, log = _timed([executable, "infer", str(volume), "-o", str(out / "mask.nii.gz"), "--bundle", str(bundle),
+                           "--device", "cpu", "--overwrite"])
+    match = re.search(r"timings: (\{.*\})", log)
+    return seconds, json.loads(match.group(1)) if match else {}
+
+
+def _infer_summary(runs: list[float], breakdowns: list[dict], bare: list[float]) -> dict:
+    breakdown = {k: statistics.median(b[k] for b in breakdowns) for k in breakdowns[0]} if breakdowns else {}
+    median = statistics.median(runs)
+    return {
+        "amecam_infer_seconds": median, "bare_resnet18_seconds": statistics.median(bare),
+        "ratio": median / statistics.median(bare), "runs": {"amecam": runs, "bare": bare},
+        "amecam_breakdown_seconds": breakdown,
+        "start_up_seconds": median - sum(breakdown.values()) if breakdown else None,
+    }
+
+
 def infer_benchmark(args) -> dict:
+    """``--bundle`` (and each ``--versus`` bundle) through ``amecam infer``, then a bare ResNet-18, in turn.
+
+    One repeat runs every bundle once and the bare pass once, so bundles compared in one call share
+    the machine's state (load on a shared host moves timings by tens of per cent within minutes).
+    """
     from amecam_cli.cases import find_cases
 
-    bundle = args.bundle
-    if not (bundle / "models" / "model.pt").is_file():
-        raise SystemExit(f"{bundle}: no trained bundle; run benchmarks/synthetic.py --modality flair first (or pass --bundle)")
+    bundles = [args.bundle, *args.versus]
+    for bundle in bundles:
+        if not (bundle / "models" / "model.pt").is_file():
+            raise SystemExit(f"{bundle}: no trained bundle; run benchmarks/synthetic.py --modality flair first (or pass --bundle)")
     cohort = OUTPUT / "cohort_seed0_n22"
     volume = find_cases(cohort, "flair")[-1].images["flair"]
     out = args.out / "infer"
     out.mkdir(parents=True, exist_ok=True)
-    executable = str(Path(sys.executable).with_name("amecam"))
-    amecam_runs, bare_runs, breakdowns = [], [], []
+    runs: dict[int, list[float]] = {i: [] for i in range(len(bundles))}
+    breakdowns: dict[int, list[dict]] = {i: [] for i in range(len(bundles))}
+    bare: list[float] = []
     for _ in range(args.repeats):
-        seconds, log = _timed([executable, "infer", str(volume), "-o", str(out / "mask.nii.gz"), "--bundle", str(bundle),
-                               "--device", "cpu", "--overwrite"])
-        amecam_runs.append(seconds)
-        match = re.search(r"timings: (\{.*\})", log)
-        if match:
-            breakdowns.append(json.loads(match.group(1)))
-        bare_runs.append(_timed([sys.executable, "-c", _BARE])[0])
-    breakdown = {k: statistics.median(b[k] for b in breakdowns) for k in breakdowns[0]} if breakdowns else {}
-    median_amecam, median_bare = statistics.median(amecam_runs), statistics.median(bare_runs)
-    return {
-        "volume": str(volume), "amecam_infer_seconds": median_amecam, "bare_resnet18_seconds": median_bare,
-        "ratio": median_amecam / median_bare, "runs": {"amecam": amecam_runs, "bare": bare_runs},
-        "amecam_breakdown_seconds": breakdown,
-        "start_up_seconds": median_amecam - sum(breakdown.values()) if breakdown else None,
-    }
+        for i, bundle in enumerate(bundles):
+            seconds, breakdown = _infer_once(bundle, volume, out)
+            runs[i].append(seconds)
+            if breakdown:
+                breakdowns[i].append(breakdown)
+        bare.append(_timed([sys.executable, "-c", _BARE])[0])
+    result = {"volume": str(volume), "bundle": str(args.bundle), **_infer_summary(runs[0], breakdowns[0], bare)}
+    if args.versus:
+        result["versus"] = {str(bundle): _infer_summary(runs[i], breakdowns[i], bare) for i, bundle in enumerate(bundles) if i}
+    return result
 
 
 def boxes_benchmark(args) -> dict:
@@ -249,6 +271,8 @@ def main() -> None:
     parser.add_argument("--pipelines", default="amecam,naive", choices=("amecam,naive", "amecam", "naive"),
                         help="train: which pipelines to run (the speed-up needs both)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--versus", type=Path, nargs="*", default=[],
+                        help="infer: more bundles, timed in turn with --bundle in every repeat")
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     args = parser.parse_args()

@@ -118,3 +118,53 @@ def test_bundle_without_weights(tmp_path, tiny_bundle):
     (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AmecamError, match="cannot load the weights"):
         run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
+
+
+def test_traced_bundle_gives_the_eager_masks(tiny_bundle):
+    import torch
+
+    from amecam_cli.bundle import open_bundle
+
+    image, _ = planted_case(seed=11)
+    channels = image[None].astype(np.float32)
+    traced, eager = open_bundle(tiny_bundle, device="cpu", torchscript=True), open_bundle(tiny_bundle, device="cpu")
+    assert isinstance(traced.network, torch.jit.ScriptModule) and not isinstance(eager.network, torch.jit.ScriptModule)
+    probability = eager.predictor(gate=False).predict_canonical(channels).slice_probability
+    scored = probability[probability > 0]
+    threshold = float(np.median(scored))  # gating keeps some slices and empties others
+    assert 0 < int((scored >= threshold).sum()) < len(scored)
+    for all_maps in (False, True):
+        a = eager.predictor(probability_threshold=threshold).predict_canonical(channels, all_maps=all_maps)
+        b = traced.predictor(probability_threshold=threshold).predict_canonical(channels, all_maps=all_maps)
+        np.testing.assert_allclose(a.cam, b.cam, atol=1e-5)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.slice_probability, b.slice_probability, atol=1e-6)
+
+
+def test_infer_on_a_cpu_never_imports_monai(tmp_path, tiny_bundle):
+    import subprocess
+    import sys
+
+    src, out = _volume(tmp_path), tmp_path / "mask.nii.gz"
+    code = ("import sys; from amecam_cli.inference import run_inference; "
+            f"run_inference({str(src)!r}, {str(out)!r}, {str(tiny_bundle)!r}, device='cpu', progress=False); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'monai'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.is_file()
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_trace_older_than_the_weights_is_not_used(tmp_path, tiny_bundle):
+    import os
+    import shutil
+
+    import torch
+
+    from amecam_cli.bundle import open_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    weights = copy / "models" / "model.pt"
+    later = (copy / "models" / "model.ts").stat().st_mtime + 60
+    os.utime(weights, (later, later))  # as if the weights were replaced after training traced them
+    assert not isinstance(open_bundle(copy, device="cpu", torchscript=True).network, torch.jit.ScriptModule)

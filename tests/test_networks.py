@@ -64,6 +64,8 @@ def test_inference_network_has_one_output_in_unit_range():
 
 
 def test_gated_forward_computes_maps_once_and_only_for_tumour_slices():
+    from amecam_bundle.scripts.inference import gated_output
+
     torch.manual_seed(0)
     net = AMECAMNet(in_channels=1, stem_stride=1).eval()
     x = torch.rand(6, 1, 64, 64) * (torch.rand(6, 1, 1, 1) + 0.5)
@@ -73,7 +75,7 @@ def test_gated_forward_computes_maps_once_and_only_for_tumour_slices():
         threshold = float(probability.median())  # some slices on each side
         calls = []
         hook = net.classifier.register_forward_hook(lambda *args: calls.append(1))
-        gated = net.forward_gated(x, threshold)
+        gated = gated_output(net, x, threshold)
         hook.remove()
     keep = probability >= threshold
     assert 0 < int(keep.sum()) < 6 and len(calls) == 1  # one classifier pass for all six slices

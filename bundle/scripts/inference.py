@@ -25,9 +25,9 @@ import torch
 
 from .postprocess import CRFParams, crf_refine_volume, remove_small_components
 from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
-from .train import resolve_device
+from .device import resolve_device
 
-__all__ = ["Prediction", "VolumePredictor"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output"]
 
 logger = logging.getLogger("amecam.inference")
 
@@ -35,6 +35,23 @@ logger = logging.getLogger("amecam.inference")
 #: CPU's caches (docs/benchmarks.md section 7: about 20% less network time than 64 on a 2-core CPU);
 #: a GPU wants large ones
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
+
+
+def gated_output(network, x: torch.Tensor, probability_threshold: float) -> torch.Tensor:
+    """The network's ``(B, 2, H, W)`` output with maps computed only where the slice is called tumour.
+
+    ``network`` has ``score`` and ``maps_from_raw`` (``networks.AMECAMNet``, or its trace in
+    ``models/model.ts``): one pass of the classifier scores every slice and keeps its small raw exit
+    maps; upsampling, normalisation and the aggregator then run on the kept slices only. Their map
+    equals the full forward's; the others get map 0 (gating empties their mask anyway).
+    """
+    probability, *raw = network.score(x)
+    output = torch.zeros(x.shape[0], 2, *x.shape[-2:], dtype=x.dtype, device=x.device)
+    output[:, 1] = probability.view(-1, 1, 1).to(x.dtype)
+    keep = torch.nonzero(probability >= probability_threshold).flatten()
+    if len(keep):
+        output[keep, 0] = network.maps_from_raw(x[keep], *[m[keep] for m in raw])[:, 0].to(x.dtype)
+    return output
 
 
 @dataclass
@@ -127,17 +144,18 @@ class VolumePredictor:
     def network_output(self, slices: torch.Tensor, *, all_maps: bool = True) -> torch.Tensor:
         """Run the network over ``(n, C, S, S)`` slices in batches; returns ``(n, 2, S, S)`` on the CPU.
 
-        With ``all_maps=False``, gating on and a network with ``forward_gated`` (``AMECAMNet``), the maps
-        are computed only for the slices the classifier calls tumour, in the same single pass that scores
-        every slice: the others get an empty mask whatever their map, so their map is left at zero.
+        With ``all_maps=False``, gating on and a network with ``score`` (``AMECAMNet`` or its trace), the
+        maps are computed only for the slices the classifier calls tumour, in the same single pass that
+        scores every slice (:func:`gated_output`): the others get an empty mask whatever their map, so
+        their map is left at zero.
         """
         n, size = slices.shape[0], self.image_size
         if n == 0:
             return torch.zeros(0, 2, size, size)
-        if all_maps or not self.gate or not hasattr(self.network, "forward_gated"):
+        if all_maps or not self.gate or not hasattr(self.network, "score"):
             return self._batched(self.network, slices)
         threshold = self.probability_threshold
-        return self._batched(lambda batch: self.network.forward_gated(batch, threshold), slices)
+        return self._batched(lambda batch: gated_output(self.network, batch, threshold), slices)
 
     def predict_canonical(self, channels: np.ndarray, *, brain: np.ndarray | None = None, all_maps: bool = True) -> Prediction:
         """Predict on a canonical ``(C, x, y, z)`` volume of raw intensities.

@@ -258,23 +258,21 @@ class AMECAMNet(nn.Module):
         prob = torch.sigmoid(out["logits"][:, -1]).view(-1, 1, 1, 1).expand_as(out["final"])
         return torch.cat([out["final"], prob], dim=1)
 
-    def forward_gated(self, x: torch.Tensor, probability_threshold: float = 0.5) -> torch.Tensor:
-        """:meth:`forward` with the maps computed only where the slice probability reaches the threshold.
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One pass of the classifier: the slices' tumour probability ``(B,)`` and the four raw exit maps.
 
-        One pass of the classifier scores every slice and keeps its (small) raw exit maps; upsampling,
-        normalisation and the aggregator then run on the slices called tumour only. Their output equals
-        :meth:`forward`'s (every norm is per image); the others get map 0 and their probability.
+        With :meth:`maps_from_raw` this splits :meth:`forward` in two, so that inference can compute the
+        maps only for the slices the classifier calls tumour (``scripts.inference.gated_output``). Both
+        methods are traced into ``models/model.ts`` beside ``forward``.
         """
         logits, raw = self.classifier(x)
-        probability = torch.sigmoid(logits[:, -1])
-        output = torch.zeros(x.shape[0], 2, *x.shape[-2:], dtype=x.dtype, device=x.device)
-        output[:, 1] = probability.view(-1, 1, 1).to(x.dtype)
-        keep = torch.nonzero(probability >= probability_threshold).flatten()
-        if len(keep):
-            kept = x[keep]
-            exits = self.classifier.orient_maps(kept, [m[keep] for m in raw])
-            output[keep, 0] = self._combine(kept, exits)["final"][:, 0].to(x.dtype)
-        return output
+        return (torch.sigmoid(logits[:, -1]), *raw)
+
+    def maps_from_raw(self, x: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, m3: torch.Tensor, m4: torch.Tensor) -> torch.Tensor:
+        """The final map ``(B, 1, H, W)`` of ``x`` from its raw exit maps (as :meth:`score` returns them);
+        equal to channel 0 of :meth:`forward`, as every normalisation is per image."""
+        exits = self.classifier.orient_maps(x, [m1, m2, m3, m4])
+        return self._combine(x, exits)["final"]
 
 
 class SegmentationNet(nn.Module):

@@ -32,10 +32,12 @@ import torch
 import torch.nn as nn
 
 from .data import SliceSet, augment, balanced_epoch, simclr_views
+from .device import DEVICE_CHOICES, resolve_device  # re-exported: configs and callers name scripts.train.resolve_device
 from .losses import AttentionContrastiveLoss, MultiExitBCELoss, NTXentLoss
 from .networks import EXIT_WEIGHTS, AMECAMNet, MultiExitResNet, brain_region
 
 __all__ = [
+    "DEVICE_CHOICES",
     "AttentionTrainer",
     "ClassifierTrainer",
     "SimCLRTrainer",
@@ -48,25 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("amecam.train")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Raises ValueError for unknown or unavailable devices."""
-    if isinstance(name, torch.device):
-        return name
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            msg = f"device must be one of {', '.join(DEVICE_CHOICES)}; {text!r} was asked for but CUDA is not available here"
-            raise ValueError(msg)
-        return torch.device(text)
-    msg = f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}"
-    raise ValueError(msg)
 
 
 def set_determinism(seed: int) -> None:

@@ -1,0 +1,27 @@
+"""Device choice, kept apart from the training code so that inference imports neither it nor MONAI."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["DEVICE_CHOICES", "resolve_device"]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Raises ValueError for unknown or unavailable devices."""
+    if isinstance(name, torch.device):
+        return name
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            msg = f"device must be one of {', '.join(DEVICE_CHOICES)}; {text!r} was asked for but CUDA is not available here"
+            raise ValueError(msg)
+        return torch.device(text)
+    msg = f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}"
+    raise ValueError(msg)
