@@ -29,17 +29,13 @@ RULES = {
 }
 
 
-def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = prediction.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (prediction & truth).sum() / total)
-
-
 def analyse(run: Path, max_slices: int) -> list[dict]:
     import torch
 
     from amecam_bundle.scripts.networks import brain_region, minmax_per_image
 
     from amecam_cli.bundle import open_bundle
+    from amecam_cli.metrics import dice as slice_dice
 
     bundle = open_bundle(run, device="cpu")
     deletion_scores = bundle.module("train").deletion_scores
@@ -66,7 +62,7 @@ def analyse(run: Path, max_slices: int) -> list[dict]:
                 versions = (maps[:, k : k + 1], minmax_per_image(1 - maps[:, k : k + 1], brain))
                 for o, version in enumerate(versions):
                     predicted = (version[:, 0] >= 0.5).numpy() & brain[:, 0].numpy()
-                    dice[k, o] += sum(_dice(predicted[b], masks[b]) for b in range(len(batch)))
+                    dice[k, o] += sum(slice_dice(predicted[b], masks[b]) for b in range(len(batch)))
     classifier.exit_polarity.copy_(trained)
     dice /= len(indices)
     rows = []

@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output"
 logger = logging.getLogger("amecam.inference")
 
 #: slices per forward pass when none is given: small batches keep a stride-1 ResNet's activations in the
-#: CPU's caches (docs/benchmarks.md section 7: about 20% less network time than 64 on a 2-core CPU);
+#: CPU's caches (docs/benchmarks.md section 7: 28-43% less network time than 64 on a 2-core CPU);
 #: a GPU wants large ones
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 
