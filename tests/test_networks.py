@@ -106,7 +106,6 @@ def test_predictor_skips_maps_of_normal_slices_in_one_pass():
     assert torch.count_nonzero(gated[~keep, 0]) == 0 and torch.allclose(gated[:, 1], every[:, 1])
 
 
-
 def test_predictor_batch_size_defaults_per_device_and_does_not_change_the_output():
     from amecam_bundle.scripts.inference import DEFAULT_BATCH_SIZE, VolumePredictor
 
@@ -119,6 +118,7 @@ def test_predictor_batch_size_defaults_per_device_and_does_not_change_the_output
     assert large.batch_size == 64
     # every norm is per image, so how the slices are batched must not change a single value
     assert torch.allclose(default.network_output(x), large.network_output(x), atol=1e-5)
+
 
 def _blob(size=32):
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
