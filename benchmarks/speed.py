@@ -3,6 +3,7 @@
     python benchmarks/speed.py train      # training throughput and the Dice each pipeline reaches
     python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass
     python benchmarks/speed.py boxes      # how wide the brain box (the crop) is on the phantoms
+    python benchmarks/speed.py norms --stem_stride 1   # instance norm vs group norm, NCHW vs channels-last
 
 ``train`` trains AME-CAM twice on (up to) the 16 training cases of the synthetic benchmark cohort (seed 0) for
 the same number of epochs and scores both on every tumour slice of the 6 test cases (threshold 0.5,
@@ -21,6 +22,11 @@ no CRF, the same code for both):
 network, writing) against a fresh process that only builds MONAI's ResNet-18 and runs it over the
 same 155 slices at 128x128, and reports where amecam's time goes. ``--versus B1 B2 ...`` times more
 bundles in the same repeats, in turn, so that they are compared under the same load.
+
+``norms`` times the classifier alone (random weights, 136 slices of ``--image_size`` in passes of 8, the
+predictor's CPU batch) with ``nn.InstanceNorm2d`` or ``FastInstanceNorm2d`` and NCHW or channels-last
+weights, profiles the first variant, times the stem's max pool on both layouts, and times a training
+step (forward and backward, batch 32, one thread) with either norm; variants in turn in every repeat.
 """
 
 from __future__ import annotations
@@ -258,9 +264,81 @@ def boxes_benchmark(args) -> dict:
     return {"slice_side": nx, "brain_box_side": sides, "min": values[0], "median": float(np.median(values)), "max": values[-1]}
 
 
+def _timed_rounds(variants: dict, repeats: int) -> dict:
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, function in variants.items():
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "runs": t} for name, t in times.items()}
+
+
+def norms_benchmark(args) -> dict:
+    import copy
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    from amecam_bundle.scripts.networks import FastInstanceNorm2d, MultiExitResNet
+
+    def with_norm(network: nn.Module, cls: type) -> nn.Module:
+        for module in network.modules():
+            if isinstance(module, nn.InstanceNorm2d):
+                module.__class__ = cls  # same attributes, only forward differs
+        return network
+
+    size, channels_last = args.image_size, torch.channels_last
+    torch.manual_seed(0)
+    base = MultiExitResNet(1, stem_stride=args.stem_stride).eval()
+    networks = {
+        "instance_norm, NCHW weights": with_norm(copy.deepcopy(base), nn.InstanceNorm2d),
+        "group_norm, NCHW weights": with_norm(copy.deepcopy(base), FastInstanceNorm2d),
+        "instance_norm, channels-last weights": with_norm(copy.deepcopy(base), nn.InstanceNorm2d).to(memory_format=channels_last),
+        "group_norm, channels-last weights": with_norm(copy.deepcopy(base), FastInstanceNorm2d).to(memory_format=channels_last),
+    }
+    x = torch.rand(136, 1, size, size)
+
+    def forward(network: nn.Module) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([network(x[i : i + 8].contiguous(memory_format=channels_last))[0] for i in range(0, len(x), 8)])
+
+    reference = forward(networks["instance_norm, NCHW weights"])
+    difference = {name: float((forward(net) - reference).abs().max()) for name, net in networks.items()}
+    results = {"slices": len(x), "image_size": size, "stem_stride": args.stem_stride, "threads": torch.get_num_threads(),
+               "forward_seconds": _timed_rounds({name: (lambda net=net: forward(net)) for name, net in networks.items()}, args.repeats),
+               "max_logit_difference": difference}
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        forward(networks["instance_norm, NCHW weights"])
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    results["profile_instance_norm_nchw_share"] = {e.key: e.self_cpu_time_total / total for e in events[:5]}
+    activation = torch.rand(8, 64, size, size)
+    layouts = {"NCHW": activation, "channels-last": activation.contiguous(memory_format=channels_last)}
+    with torch.inference_mode():
+        pools = {name: (lambda a=a: [F.max_pool2d(a, 3, 2, 1) for _ in range(10)]) for name, a in layouts.items()}
+        results["max_pool_8x64_seconds_per_call"] = {name: r["median"] / 10 for name, r in _timed_rounds(pools, args.repeats).items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    batch, target = torch.rand(32, 1, size, size).contiguous(memory_format=channels_last), torch.rand(32, 4)
+
+    def step(network: nn.Module) -> None:
+        logits, _ = network(batch)
+        F.binary_cross_entropy_with_logits(logits, target).backward()
+
+    trainable = {name: with_norm(copy.deepcopy(base), cls).train().to(memory_format=channels_last)
+                 for name, cls in (("instance_norm", nn.InstanceNorm2d), ("group_norm", FastInstanceNorm2d))}
+    results["train_step_seconds_batch32_1_thread"] = _timed_rounds({name: (lambda net=net: step(net)) for name, net in trainable.items()},
+                                                                   args.repeats)
+    torch.set_num_threads(threads)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("train", "infer", "boxes"))
+    parser.add_argument("part", choices=("train", "infer", "boxes", "norms"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n_train", type=int, default=16, help="training cases (of the 16); fewer keeps the naive run short")
     parser.add_argument("--attention_epochs", type=int, default=3)
@@ -276,7 +354,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     args = parser.parse_args()
-    results = {"train": train_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark}[args.part](args)
+    results = {"train": train_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark, "norms": norms_benchmark}[args.part](args)
     results["machine"] = machine()
     results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,14 @@ import torch.nn as nn
 from monai.networks.nets.resnet import ResNetBlock
 
 from amecam_bundle.scripts.losses import MultiExitBCELoss
-from amecam_bundle.scripts.networks import AMECAMNet, AttentionAggregator, MultiExitResNet, brain_region, minmax_per_image
+from amecam_bundle.scripts.networks import (
+    AMECAMNet,
+    AttentionAggregator,
+    FastInstanceNorm2d,
+    MultiExitResNet,
+    brain_region,
+    minmax_per_image,
+)
 from amecam_bundle.scripts.train import deletion_scores, resolve_attention_polarity, resolve_exit_polarity
 
 
@@ -23,6 +30,29 @@ def test_instance_norm_reaches_every_block_and_shortcut():
     assert isinstance(net.stem[1], nn.InstanceNorm2d)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 1 + 16 + 3
+    assert all(type(m) is FastInstanceNorm2d for m in net.modules() if isinstance(m, nn.InstanceNorm2d))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fast_instance_norm_is_instance_norm_in_value_and_gradient(memory_format):
+    torch.manual_seed(0)
+    reference = nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 2.0)
+        reference.bias.uniform_(-1.0, 1.0)
+    fast = FastInstanceNorm2d(6, affine=True)
+    fast.load_state_dict(reference.state_dict())  # same parameter names both ways
+    x = (torch.randn(3, 6, 9, 7) * 4 + 2).contiguous(memory_format=memory_format)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outputs = [reference(xs[0]), fast(xs[1])]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(outputs[0])
+    for out in outputs:
+        (out * upstream).sum().backward()
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-5)
+    assert fast(x[0]).shape == x[0].shape  # an unbatched (C, H, W) input falls back to instance_norm
 
 
 def test_every_exit_and_every_stage_receives_gradients():
@@ -116,8 +146,9 @@ def test_predictor_batch_size_defaults_per_device_and_does_not_change_the_output
     assert default.batch_size == DEFAULT_BATCH_SIZE["cpu"] < 11
     large = VolumePredictor(net, image_size=64, device="cpu", batch_size=64)
     assert large.batch_size == 64
-    # every norm is per image, so how the slices are batched must not change a single value
-    assert torch.allclose(default.network_output(x), large.network_output(x), atol=1e-5)
+    # every norm is per image, so how the slices are batched changes nothing beyond float rounding (the
+    # channels-last convolutions pick their kernels by batch size: differences of ~2e-5 on maps in [0, 1])
+    assert torch.allclose(default.network_output(x), large.network_output(x), atol=1e-4)
 
 
 def _blob(size=32):

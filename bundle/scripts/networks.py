@@ -33,17 +33,49 @@ from monai.networks.nets.resnet import ResNetBlock
 
 __all__ = [
     "AMECAMNet",
+    "FastInstanceNorm2d",
     "AttentionAggregator",
     "EXIT_WEIGHTS",
     "MultiExitResNet",
     "SegmentationNet",
     "brain_region",
     "minmax_per_image",
+    "use_fast_instance_norm",
 ]
 
 #: BCE weights of the four exits in stage 1 (the paper's values)
 EXIT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_NORM = ("instance", {"affine": True})
+
+
+class FastInstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (no running statistics) computed as a group norm with one group per channel.
+
+    The two are the same function -- mean and variance over ``(H, W)`` of each channel of each image,
+    then the per-channel affine -- but PyTorch's CPU group norm is faster, above all on channels-last
+    tensors, where ``instance_norm`` first copies its input into a ``(1, B*C, H, W)`` batch norm
+    (docs/benchmarks.md section 7: 20% off a stride-1 forward pass with channels-last weights, 23% off a
+    training step). Parameter names are unchanged, so state dicts move freely between the two.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 4 or self.track_running_stats:
+            return super().forward(input)
+        return F.group_norm(input, self.num_features, self.weight, self.bias, self.eps)
+
+
+def use_fast_instance_norm(module: nn.Module) -> nn.Module:
+    """Replace every plain ``nn.InstanceNorm2d`` without running statistics in ``module`` by
+    :class:`FastInstanceNorm2d` with the same parameters (in place); returns ``module``."""
+    for name, child in module.named_children():
+        if type(child) is nn.InstanceNorm2d and not child.track_running_stats:
+            fast = FastInstanceNorm2d(child.num_features, eps=child.eps, affine=child.affine)
+            if child.affine:
+                fast.weight, fast.bias = child.weight, child.bias
+            setattr(module, name, fast)
+        else:
+            use_fast_instance_norm(child)
+    return module
 
 
 def minmax_per_image(maps: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
@@ -124,6 +156,7 @@ class MultiExitResNet(nn.Module):
                 if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
                     module.dilation, module.padding = (2, 2), (2, 2)
         self.stages = nn.ModuleList(stages)
+        use_fast_instance_norm(self)  # MONAI's blocks build nn.InstanceNorm2d
         self.exits = nn.ModuleList(nn.Conv2d(w, 1, kernel_size=1) for w in widths)
         # +1 or -1 per exit, set after training (scripts.train.resolve_exit_polarity): with InstanceNorm
         # an exit can raise its pooled logit by lowering the map on the tumour and raising it elsewhere
@@ -197,10 +230,10 @@ class AttentionAggregator(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(n_maps, hidden, kernel_size=3, padding=1),
-            nn.InstanceNorm2d(hidden, affine=True),
+            FastInstanceNorm2d(hidden, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, kernel_size=3, padding=2, dilation=2),
-            nn.InstanceNorm2d(hidden, affine=True),
+            FastInstanceNorm2d(hidden, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, n_maps, kernel_size=1),
         )
