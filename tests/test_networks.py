@@ -13,6 +13,7 @@ from amecam_bundle.scripts.networks import (
     AttentionAggregator,
     FastInstanceNorm2d,
     MultiExitResNet,
+    SegmentationNet,
     brain_region,
     minmax_per_image,
 )
@@ -31,6 +32,12 @@ def test_instance_norm_reaches_every_block_and_shortcut():
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 1 + 16 + 3
     assert all(type(m) is FastInstanceNorm2d for m in net.modules() if isinstance(m, nn.InstanceNorm2d))
+
+
+def test_the_u_net_and_the_aggregator_use_the_fast_instance_norm_too():
+    for net in (SegmentationNet(in_channels=1), AttentionAggregator()):
+        norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
+        assert norms and all(type(m) is FastInstanceNorm2d for m in norms)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -52,7 +59,7 @@ def test_fast_instance_norm_is_instance_norm_in_value_and_gradient(memory_format
     torch.testing.assert_close(xs[1].grad, xs[0].grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(fast.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-5)
-    assert fast(x[0]).shape == x[0].shape  # an unbatched (C, H, W) input falls back to instance_norm
+    torch.testing.assert_close(fast(x[0]), reference(x[0]), atol=1e-5, rtol=1e-5)  # unbatched (C, H, W) input
 
 
 def test_every_exit_and_every_stage_receives_gradients():

@@ -334,6 +334,7 @@ class SegmentationNet(nn.Module):
         super().__init__()
         self.unet = UNet(spatial_dims=2, in_channels=in_channels, out_channels=2, channels=tuple(channels),
                          strides=tuple(strides), num_res_units=num_res_units, norm="instance")
+        use_fast_instance_norm(self.unet)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The U-Net's two-class logits ``(B, 2, H, W)`` (background, tumour)."""
