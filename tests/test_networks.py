@@ -151,6 +151,8 @@ def test_predictor_batch_size_defaults_per_device_and_does_not_change_the_output
     x = torch.rand(11, 1, 64, 64)
     default = VolumePredictor(net, image_size=64, device="cpu")
     assert default.batch_size == DEFAULT_BATCH_SIZE["cpu"] < 11
+    # channels-last weights, so that activations after the one-channel input stay channels-last
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.dim() == 4)
     large = VolumePredictor(net, image_size=64, device="cpu", batch_size=64)
     assert large.batch_size == 64
     # every norm is per image, so how the slices are batched changes nothing beyond float rounding (the

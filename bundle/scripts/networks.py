@@ -33,9 +33,9 @@ from monai.networks.nets.resnet import ResNetBlock
 
 __all__ = [
     "AMECAMNet",
-    "FastInstanceNorm2d",
     "AttentionAggregator",
     "EXIT_WEIGHTS",
+    "FastInstanceNorm2d",
     "MultiExitResNet",
     "SegmentationNet",
     "brain_region",
