@@ -9,10 +9,10 @@
 the same number of epochs and scores both on every tumour slice of the 6 test cases (threshold 0.5,
 no CRF, the same code for both):
 
-* naive: MONAI's default ResNet stem (7x7 stride 1 + max pool), whole slices resized to 128 (no crop to
-  the brain), every labelled slice every epoch, fp32 contiguous tensors;
+* naive: MONAI's default ResNet stem (7x7 stride 1 + max pool) and instance norm (``nn.InstanceNorm2d``),
+  whole slices resized to 128 (no crop to the brain), every labelled slice every epoch, fp32 contiguous tensors;
 * amecam: the shipped pipeline -- slices cropped to the brain, normal slices sampled in balance with
-  tumour slices, channels-last tensors -- with the stem stride (``--stem_stride``, default 2, the fast
+  tumour slices, channels-last tensors, ``FastInstanceNorm2d`` -- with the stem stride (``--stem_stride``, default 2, the fast
   variant) and the crop's side in pixels (``--image_size``, default 128) given on the command line.
   ``--stem_stride 1`` is the naive network's own stem (the default of ``amecam train``); with it the
   speed can only come from the rest, e.g. ``--image_size 96``: a crop of the brain at 96 pixels has
@@ -46,6 +46,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import OUTPUT, amecam, machine, split_by_case  # noqa: E402
+
+
+def _with_norm(network, cls: type):
+    """Give every instance norm of ``network`` the class ``cls`` (same attributes, only ``forward`` differs)."""
+    import torch.nn as nn
+
+    for module in network.modules():
+        if isinstance(module, nn.InstanceNorm2d):
+            module.__class__ = cls
+    return network
 
 
 def _naive_slices(cases, out: Path, size: int, seed: int) -> Path:
@@ -115,9 +125,10 @@ def _slice_dice(network, cases, size: int, crop: bool) -> tuple[float, int, floa
 
 def train_benchmark(args) -> dict:
     import torch
+    import torch.nn as nn
     from monai.utils import set_determinism
 
-    from amecam_bundle.scripts.networks import AMECAMNet, MultiExitResNet
+    from amecam_bundle.scripts.networks import AMECAMNet, FastInstanceNorm2d, MultiExitResNet
     from amecam_bundle.scripts.train import AttentionTrainer, ClassifierTrainer
 
     from amecam_cli.cases import find_cases
@@ -141,18 +152,23 @@ def train_benchmark(args) -> dict:
             slices = folder / "slices"
             slice_dataset(train, slices, SliceSettings(modalities=("flair",), image_size=size, seed=0), progress=False)
         network_kwargs = {"stem_stride": 1 if naive else args.stem_stride}
+        norm = nn.InstanceNorm2d if naive else FastInstanceNorm2d  # naive: MONAI's own norm
+
+        def build(cls: type, norm: type = norm, kwargs: dict = network_kwargs) -> nn.Module:
+            return _with_norm(cls(1, **kwargs), norm)
+
         common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=0, device="cpu",
                       progress=False, channels_last=not naive)
         set_determinism(seed=0)  # the initial weights too, as the bundle's training configs do
         started = time.perf_counter()
-        stage1 = ClassifierTrainer(MultiExitResNet(1, **network_kwargs), epochs=args.epochs, balance=not naive, **common).run()
+        stage1 = ClassifierTrainer(build(MultiExitResNet), epochs=args.epochs, balance=not naive, **common).run()
         t1 = time.perf_counter() - started
         set_determinism(seed=0)
         started = time.perf_counter()
-        stage2 = AttentionTrainer(AMECAMNet(1, **network_kwargs), classifier_weights=str(folder / "models" / "classifier.pt"),
+        stage2 = AttentionTrainer(build(AMECAMNet), classifier_weights=str(folder / "models" / "classifier.pt"),
                                   epochs=args.attention_epochs, **common).run()
         t2 = time.perf_counter() - started
-        network = AMECAMNet(1, **network_kwargs)
+        network = build(AMECAMNet)
         network.load_state_dict(torch.load(folder / "models" / "model.pt"))
         if not naive:
             network = network.to(memory_format=torch.channels_last)
@@ -165,6 +181,7 @@ def train_benchmark(args) -> dict:
             "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]])),
             "slice_dice": slice_dice, "n_test_slices": n_slices, "inference_slices_per_s": maps_per_s,
             "best_val_auc": stage1["best_val_auc"], "stem_stride": network_kwargs["stem_stride"], "image_size": size, "crop": crop,
+            "norm": norm.__name__,
         }
         print(name, json.dumps(results[name], indent=1), flush=True)
     if "amecam" not in results or "naive" not in results:
@@ -284,20 +301,14 @@ def norms_benchmark(args) -> dict:
 
     from amecam_bundle.scripts.networks import FastInstanceNorm2d, MultiExitResNet
 
-    def with_norm(network: nn.Module, cls: type) -> nn.Module:
-        for module in network.modules():
-            if isinstance(module, nn.InstanceNorm2d):
-                module.__class__ = cls  # same attributes, only forward differs
-        return network
-
     size, channels_last = args.image_size, torch.channels_last
     torch.manual_seed(0)
     base = MultiExitResNet(1, stem_stride=args.stem_stride).eval()
     networks = {
-        "instance_norm, NCHW weights": with_norm(copy.deepcopy(base), nn.InstanceNorm2d),
-        "group_norm, NCHW weights": with_norm(copy.deepcopy(base), FastInstanceNorm2d),
-        "instance_norm, channels-last weights": with_norm(copy.deepcopy(base), nn.InstanceNorm2d).to(memory_format=channels_last),
-        "group_norm, channels-last weights": with_norm(copy.deepcopy(base), FastInstanceNorm2d).to(memory_format=channels_last),
+        "instance_norm, NCHW weights": _with_norm(copy.deepcopy(base), nn.InstanceNorm2d),
+        "group_norm, NCHW weights": _with_norm(copy.deepcopy(base), FastInstanceNorm2d),
+        "instance_norm, channels-last weights": _with_norm(copy.deepcopy(base), nn.InstanceNorm2d).to(memory_format=channels_last),
+        "group_norm, channels-last weights": _with_norm(copy.deepcopy(base), FastInstanceNorm2d).to(memory_format=channels_last),
     }
     x = torch.rand(136, 1, size, size)
 
@@ -328,7 +339,7 @@ def norms_benchmark(args) -> dict:
         logits, _ = network(batch)
         F.binary_cross_entropy_with_logits(logits, target).backward()
 
-    trainable = {name: with_norm(copy.deepcopy(base), cls).train().to(memory_format=channels_last)
+    trainable = {name: _with_norm(copy.deepcopy(base), cls).train().to(memory_format=channels_last)
                  for name, cls in (("instance_norm", nn.InstanceNorm2d), ("group_norm", FastInstanceNorm2d))}
     results["train_step_seconds_batch32_1_thread"] = _timed_rounds({name: (lambda net=net: step(net)) for name, net in trainable.items()},
                                                                    args.repeats)
