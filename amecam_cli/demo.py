@@ -83,7 +83,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
     predictor = bundle.predictor()
     from amecam_bundle.scripts.preprocess import from_canonical
 
-    results, figure_rows = [], []
+    results, figure_rows, all_slice_dice = [], [], []
     for case in test_cases:
         loaded = load_case(case)
         prediction = predictor.predict_canonical(loaded.channels)
@@ -92,6 +92,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
         area = loaded.label.shape[0] * loaded.label.shape[1]
         tumour_slices = [z for z in range(loaded.label.shape[2]) if loaded.label[:, :, z].sum() > 0.01 * area]
         slice_dice = [dice(prediction.cam[:, :, z] >= predictor.threshold, loaded.label[:, :, z]) for z in tumour_slices]
+        all_slice_dice += slice_dice
         result = {"case": case.case_id, "volume_dice": dice(prediction.mask, loaded.label),
                   "slice_dice": float(np.mean(slice_dice)) if slice_dice else float("nan"), "n_tumour_slices": len(tumour_slices),
                   "mask": str(mask_path)}
@@ -105,12 +106,16 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
     summary = {
         "held_out": results,
         "mean_volume_dice": float(np.mean([r["volume_dice"] for r in results])),
-        "mean_slice_dice": float(np.nanmean([r["slice_dice"] for r in results])),
+        # over every tumour slice of the held-out cases, as the benchmarks score (a case with few tumour slices
+        # weighs by its slices, not as much as a case with many)
+        "mean_slice_dice": float(np.mean(all_slice_dice)) if all_slice_dice else float("nan"),
+        "n_tumour_slices": len(all_slice_dice),
         "bundle": str(run), "figure": str(figure),
     }
     (output / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for r in results:
         print(f"{r['case']}: volume Dice {r['volume_dice']:.3f}, slice-level Dice {r['slice_dice']:.3f} over {r['n_tumour_slices']} tumour slices")
-    print(f"mean volume Dice {summary['mean_volume_dice']:.3f}, mean slice-level Dice {summary['mean_slice_dice']:.3f}")
+    print(f"mean volume Dice {summary['mean_volume_dice']:.3f} over {len(results)} case(s), "
+          f"slice-level Dice {summary['mean_slice_dice']:.3f} over all {summary['n_tumour_slices']} tumour slices")
     print(f"bundle: {run}\nfigure: {figure}")
     return summary
