@@ -140,7 +140,8 @@ def train_benchmark(args) -> dict:
     cases = find_cases(cohort, "flair")
     train, test = split_by_case(cases, 6, 0)
     train = train[: args.n_train]
-    results = {"n_train_cases": len(train), "n_test_cases": len(test), "epochs": args.epochs, "attention_epochs": args.attention_epochs}
+    results = {"n_train_cases": len(train), "n_test_cases": len(test), "epochs": args.epochs, "attention_epochs": args.attention_epochs,
+               "train_seed": args.train_seed}
     for name in args.pipelines.split(","):
         folder = out / name
         naive = name == "naive"
@@ -157,13 +158,13 @@ def train_benchmark(args) -> dict:
         def build(cls: type, norm: type = norm, kwargs: dict = network_kwargs) -> nn.Module:
             return _with_norm(cls(1, **kwargs), norm)
 
-        common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=0, device="cpu",
+        common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=args.train_seed, device="cpu",
                       progress=False, channels_last=not naive)
-        set_determinism(seed=0)  # the initial weights too, as the bundle's training configs do
+        set_determinism(seed=args.train_seed)  # the initial weights too, as the bundle's training configs do
         started = time.perf_counter()
         stage1 = ClassifierTrainer(build(MultiExitResNet), epochs=args.epochs, balance=not naive, **common).run()
         t1 = time.perf_counter() - started
-        set_determinism(seed=0)
+        set_determinism(seed=args.train_seed)
         started = time.perf_counter()
         stage2 = AttentionTrainer(build(AMECAMNet), classifier_weights=str(folder / "models" / "classifier.pt"),
                                   epochs=args.attention_epochs, **common).run()
@@ -359,6 +360,8 @@ def main() -> None:
                         help="train: the amecam pipeline on whole slices like the naive one (an ablation of the crop)")
     parser.add_argument("--pipelines", default="amecam,naive", choices=("amecam,naive", "amecam", "naive"),
                         help="train: which pipelines to run (the speed-up needs both)")
+    parser.add_argument("--train_seed", type=int, default=0,
+                        help="train: seed of the initial weights, data order and augmentation (cohort, split and slices stay seed 0)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--versus", type=Path, nargs="*", default=[],
                         help="infer: more bundles, timed in turn with --bundle in every repeat")
