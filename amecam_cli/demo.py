@@ -59,6 +59,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
     from .cases import find_cases, load_case
     from .io import write_volume
     from .metrics import dice
+    from .slicing import tumour_slice_indices
     from .synth import synthesize_cohort
     from .training import train_bundle
 
@@ -89,8 +90,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
         prediction = predictor.predict_canonical(loaded.channels)
         mask_path = output / "masks" / f"{case.case_id}_mask.nii.gz"
         write_volume(mask_path, from_canonical(prediction.mask, loaded.orientation), loaded.props, overwrite=True)
-        area = loaded.label.shape[0] * loaded.label.shape[1]
-        tumour_slices = [z for z in range(loaded.label.shape[2]) if loaded.label[:, :, z].sum() > 0.01 * area]
+        tumour_slices = tumour_slice_indices(loaded.label, range(loaded.label.shape[2]))
         slice_dice = [dice(prediction.cam[:, :, z] >= predictor.threshold, loaded.label[:, :, z]) for z in tumour_slices]
         all_slice_dice += slice_dice
         result = {"case": case.case_id, "volume_dice": dice(prediction.mask, loaded.label),

@@ -179,6 +179,7 @@ def evaluate(
     from .bundle import open_bundle
     from .cams import compute_maps
     from .cases import find_cases, load_case
+    from .slicing import tumour_slice_indices
 
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -249,7 +250,7 @@ def evaluate(
                 scores.append(float(probability[z])), labels.append(0)
         gate = probability >= 0.5
         grey = prepared.image.mean(axis=0)
-        tumour_slices = [int(z) for z in zs if fractions[z] > options.min_tumor_fraction]
+        tumour_slices = tumour_slice_indices(loaded.label, zs, min_tumor_fraction=options.min_tumor_fraction)
         full_maps = {}
         for method in methods:
             if method in row_providers:

@@ -136,6 +136,13 @@ def label_slices(
     return labels, fractions
 
 
+def tumour_slice_indices(label: np.ndarray, zs: Iterable[int], *, min_tumor_fraction: float = 0.01) -> list[int]:
+    """The slices of ``zs`` that the slice-level protocol scores: those ``label_slices`` calls ``tumor``."""
+    zs = [int(z) for z in zs]
+    labels, _ = label_slices(label, zs, min_tumor_fraction=min_tumor_fraction)
+    return [z for z, name in zip(zs, labels) if name == "tumor"]
+
+
 def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
     """Read a CSV of slice-level labels: columns ``case``, ``slice``, ``label`` (tumor/normal or 1/0).
 

@@ -8,7 +8,7 @@ import pytest
 
 from amecam_cli.cases import find_cases
 from amecam_cli.errors import AmecamError
-from amecam_cli.slicing import SliceSettings, label_slices, read_slice_labels, slice_dataset, split_cases
+from amecam_cli.slicing import SliceSettings, label_slices, read_slice_labels, slice_dataset, split_cases, tumour_slice_indices
 
 from .conftest import save_nifti, write_brats_case
 
@@ -31,6 +31,10 @@ def test_slice_labels_on_a_planted_tumour():
     assert labels == ["normal"]
     labels, _ = label_slices(label, [2], min_tumor_fraction=0.05)
     assert labels == ["ambiguous"]
+    # the slices the evaluation and the demo score: strictly above the share, only among the slices asked for
+    assert tumour_slice_indices(label, range(4)) == [0, 2]
+    assert tumour_slice_indices(label, [1, 2, 3]) == [2]
+    assert tumour_slice_indices(label, range(4), min_tumor_fraction=0.05) == [0]
 
 
 def test_split_is_by_case_seeded_and_stable():
