@@ -1,13 +1,15 @@
 """CPU speed, measured side by side: the naive pipeline against amecam's, at equal epochs and on the same cases.
 
     python benchmarks/speed.py train      # training throughput and the Dice each pipeline reaches
+    python benchmarks/speed.py rescore --runs bench_output/RUN ...   # every map of the networks train runs left
     python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass
     python benchmarks/speed.py boxes      # how wide the brain box (the crop) is on the phantoms
     python benchmarks/speed.py norms --stem_stride 1   # instance norm vs group norm, NCHW vs channels-last
 
 ``train`` trains AME-CAM twice on (up to) the 16 training cases of the synthetic benchmark cohort (seed 0) for
 the same number of epochs and scores both on every tumour slice of the 6 test cases (threshold 0.5,
-no CRF, the same code for both):
+no CRF, the same code for both) -- the final map and, beside it, Mf, the mean of the exits, each exit and
+Grad-CAM (``map_dice``; ``rescore`` does the same for the networks of earlier runs):
 
 * naive: MONAI's default ResNet stem (7x7 stride 1 + max pool) and instance norm (``nn.InstanceNorm2d``),
   whole slices resized to 128 (no crop to the brain), every labelled slice every epoch, fp32 contiguous tensors;
@@ -90,16 +92,26 @@ def _naive_slices(cases, out: Path, size: int, seed: int) -> Path:
     return out
 
 
-def _slice_dice(network, cases, size: int, crop: bool) -> tuple[float, int, float]:
-    """Mean slice-level Dice of the final AME-CAM map on every tumour slice; also slices/s of the maps."""
+SCORED_MAPS = ("amecam", "attention", "mean_exits", "exit1", "exit2", "exit3", "exit4", "gradcam")
+
+
+def _slice_dice(network, cases, size: int, crop: bool) -> tuple[dict[str, float], int, float]:
+    """Pooled slice-level Dice of every map of ``SCORED_MAPS`` on every tumour slice; also slices/s of the final map.
+
+    The throughput times only the final map (``all_maps``), in passes of 32; the other maps come from a
+    second, untimed pass through ``amecam_cli.cams.compute_maps``, the code ``amecam evaluate`` uses.
+    """
     import torch
 
     from amecam_bundle.scripts.preprocess import extract_slices, paste_slices, prepare_volume
 
+    from amecam_cli.cams import compute_maps
     from amecam_cli.cases import load_case
     from amecam_cli.metrics import dice
+    from amecam_cli.slicing import tumour_slice_indices
 
-    scores, seconds, n = [], 0.0, 0
+    scores: dict[str, list[float]] = {m: [] for m in SCORED_MAPS}
+    seconds, n = 0.0, 0
     network.eval()
     for case in cases:
         loaded = load_case(case)
@@ -107,8 +119,7 @@ def _slice_dice(network, cases, size: int, crop: bool) -> tuple[float, int, floa
         nx, ny = prepared.brain.shape[:2]
         side = max(nx, ny)
         box = prepared.box if crop else ((nx - side) // 2, (nx - side) // 2 + side, (ny - side) // 2, (ny - side) // 2 + side)
-        area = nx * ny
-        zs = [z for z in prepared.brain_slices if loaded.label[:, :, z].sum() > 0.01 * area]
+        zs = tumour_slice_indices(loaded.label, prepared.brain_slices)
         x = extract_slices(prepared.image, box, zs, size)
         if crop:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -117,10 +128,33 @@ def _slice_dice(network, cases, size: int, crop: bool) -> tuple[float, int, floa
             final = torch.cat([network.all_maps(x[i : i + 32])["final"][:, 0] for i in range(0, len(x), 32)])
         seconds += time.perf_counter() - started
         n += len(zs)
-        full = paste_slices(final, box, (nx, ny)).numpy()
-        for i, z in enumerate(zs):
-            scores.append(dice((full[i] >= 0.5) & prepared.brain[:, :, z], loaded.label[:, :, z]))
-    return float(np.mean(scores)), len(scores), n / seconds
+        maps = compute_maps(network, x, SCORED_MAPS, batch_size=32)
+        if not torch.allclose(maps["amecam"], final, atol=1e-5):
+            raise SystemExit(f"{case.case_id}: compute_maps and all_maps disagree on the final map")
+        for method in SCORED_MAPS:
+            full = paste_slices(maps[method].clamp(0, 1), box, (nx, ny)).numpy()
+            for i, z in enumerate(zs):
+                scores[method].append(dice((full[i] >= 0.5) & prepared.brain[:, :, z], loaded.label[:, :, z]))
+    return {m: float(np.mean(v)) for m, v in scores.items()}, n, n / seconds
+
+
+def _build(pipeline: dict):
+    """The AME-CAM network of one pipeline of a ``train`` run, as ``train.json`` records it."""
+    import torch.nn as nn
+
+    from amecam_bundle.scripts.networks import AMECAMNet, FastInstanceNorm2d
+
+    norm = {"InstanceNorm2d": nn.InstanceNorm2d, "FastInstanceNorm2d": FastInstanceNorm2d}[pipeline.get("norm", "InstanceNorm2d")]
+    return _with_norm(AMECAMNet(1, stem_stride=pipeline["stem_stride"]), norm)
+
+
+def _test_cases():
+    from amecam_cli.cases import find_cases
+
+    cohort = OUTPUT / "cohort_seed0_n22"
+    amecam("synth", cohort, "--n_cases", 22, "--seed", 0)
+    cases = find_cases(cohort, "flair")
+    return split_by_case(cases, 6, 0)
 
 
 def train_benchmark(args) -> dict:
@@ -131,14 +165,10 @@ def train_benchmark(args) -> dict:
     from amecam_bundle.scripts.networks import AMECAMNet, FastInstanceNorm2d, MultiExitResNet
     from amecam_bundle.scripts.train import AttentionTrainer, ClassifierTrainer
 
-    from amecam_cli.cases import find_cases
     from amecam_cli.slicing import SliceSettings, slice_dataset
 
     out = args.out / "train"
-    cohort = OUTPUT / "cohort_seed0_n22"
-    amecam("synth", cohort, "--n_cases", 22, "--seed", 0)
-    cases = find_cases(cohort, "flair")
-    train, test = split_by_case(cases, 6, 0)
+    train, test = _test_cases()
     train = train[: args.n_train]
     results = {"n_train_cases": len(train), "n_test_cases": len(test), "epochs": args.epochs, "attention_epochs": args.attention_epochs,
                "train_seed": args.train_seed}
@@ -173,14 +203,14 @@ def train_benchmark(args) -> dict:
         network.load_state_dict(torch.load(folder / "models" / "model.pt"))
         if not naive:
             network = network.to(memory_format=torch.channels_last)
-        slice_dice, n_slices, maps_per_s = _slice_dice(network, test, size, crop=crop)
+        map_dice, n_slices, maps_per_s = _slice_dice(network, test, size, crop=crop)
         history = stage1["history"]
         results[name] = {
             "stage1_seconds": t1, "stage2_seconds": t2, "train_seconds": t1 + t2,
             "stage1_slices_per_epoch": int(np.mean([h["train_slices_per_s"] * h["seconds"] for h in history])),
             "stage1_slices_per_s": float(np.median([h["train_slices_per_s"] for h in history])),
             "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]])),
-            "slice_dice": slice_dice, "n_test_slices": n_slices, "inference_slices_per_s": maps_per_s,
+            "slice_dice": map_dice["amecam"], "map_dice": map_dice, "n_test_slices": n_slices, "inference_slices_per_s": maps_per_s,
             "best_val_auc": stage1["best_val_auc"], "stem_stride": network_kwargs["stem_stride"], "image_size": size, "crop": crop,
             "norm": norm.__name__,
         }
@@ -193,6 +223,50 @@ def train_benchmark(args) -> dict:
         "inference_slices_per_s": results["amecam"]["inference_slices_per_s"] / results["naive"]["inference_slices_per_s"],
     }
     return results
+
+
+def rescore_benchmark(args) -> dict:
+    """Every map of the networks that earlier ``train`` runs left (``--runs``), on the same test slices.
+
+    Per run and pipeline the pooled slice Dice of each map of ``SCORED_MAPS``; per pipeline kind
+    (naive, or amecam with its size, crop and stem) the mean, minimum and maximum over the runs (seeds).
+    A run's scores are kept beside its weights (``models/rescore.json``) and reused unless ``--fresh``.
+    """
+    import torch
+
+    _, test = _test_cases()
+    runs, groups = {}, {}
+    for run in args.runs:
+        recorded = json.loads((run / "train.json").read_text(encoding="utf-8"))
+        for name in ("naive", "amecam"):
+            if name not in recorded:
+                continue
+            pipeline = recorded[name]
+            weights = run / "train" / name / "models" / "model.pt"
+            cache = weights.with_name("rescore.json")  # one run's scores, kept beside its weights
+            cached = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() and not args.fresh else {}
+            if set(cached.get("map_dice", {})) == set(SCORED_MAPS) and cached.get("weights_mtime") == weights.stat().st_mtime:
+                map_dice, n_slices = cached["map_dice"], cached["n_test_slices"]
+            else:
+                network = _build(pipeline)
+                network.load_state_dict(torch.load(weights, map_location="cpu"))
+                if pipeline["crop"]:
+                    network = network.to(memory_format=torch.channels_last)
+                map_dice, n_slices, _ = _slice_dice(network, test, pipeline["image_size"], crop=pipeline["crop"])
+                cache.write_text(json.dumps({"map_dice": map_dice, "n_test_slices": n_slices, "weights_mtime": weights.stat().st_mtime},
+                                            indent=1) + "\n", encoding="utf-8")
+            seed = recorded.get("train_seed", 0)
+            kind = "naive" if name == "naive" else f"amecam, {pipeline['image_size']} px, {'crop' if pipeline['crop'] else 'no crop'}, stem {pipeline['stem_stride']}"
+            runs[f"{run.name}/{name}"] = {"kind": kind, "train_seed": seed, "n_test_slices": n_slices, "map_dice": map_dice,
+                                          "recorded_slice_dice": pipeline["slice_dice"]}
+            groups.setdefault(kind, []).append(map_dice)
+            print(run.name, name, json.dumps(map_dice), flush=True)
+    summary = {
+        kind: {"n_runs": len(dices), **{m: {"mean": float(np.mean([d[m] for d in dices])), "min": min(d[m] for d in dices),
+                                             "max": max(d[m] for d in dices)} for m in SCORED_MAPS}}
+        for kind, dices in groups.items()
+    }
+    return {"runs": runs, "summary": summary}
 
 
 _BARE = """
@@ -350,7 +424,7 @@ def norms_benchmark(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("train", "infer", "boxes", "norms"))
+    parser.add_argument("part", choices=("train", "rescore", "infer", "boxes", "norms"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n_train", type=int, default=16, help="training cases (of the 16); fewer keeps the naive run short")
     parser.add_argument("--attention_epochs", type=int, default=3)
@@ -362,13 +436,15 @@ def main() -> None:
                         help="train: which pipelines to run (the speed-up needs both)")
     parser.add_argument("--train_seed", type=int, default=0,
                         help="train: seed of the initial weights, data order and augmentation (cohort, split and slices stay seed 0)")
+    parser.add_argument("--runs", type=Path, nargs="*", default=[], help="rescore: the --out folders of earlier train runs")
+    parser.add_argument("--fresh", action="store_true", help="rescore: score again even where a run's scores are kept")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--versus", type=Path, nargs="*", default=[],
                         help="infer: more bundles, timed in turn with --bundle in every repeat")
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     args = parser.parse_args()
-    results = {"train": train_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark, "norms": norms_benchmark}[args.part](args)
+    results = {"train": train_benchmark, "rescore": rescore_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark, "norms": norms_benchmark}[args.part](args)
     results["machine"] = machine()
     results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
     args.out.mkdir(parents=True, exist_ok=True)
