@@ -266,7 +266,28 @@ def rescore_benchmark(args) -> dict:
                                              "max": max(d[m] for d in dices)} for m in SCORED_MAPS}}
         for kind, dices in groups.items()
     }
-    return {"runs": runs, "summary": summary}
+    return {"runs": runs, "summary": summary, "table": _rescore_table(runs)}
+
+
+_MAP_NAMES = {"amecam": "AME-CAM final map", "attention": "Mf (attention)", "mean_exits": "mean of exits M1-M4",
+              "exit1": "Exit 1", "exit2": "Exit 2", "exit3": "Exit 3", "exit4": "Exit 4", "gradcam": "Grad-CAM"}
+
+
+def _rescore_table(runs: dict) -> str:
+    """Markdown: a row per map, a column per run (its pipeline kind and seed); the best map of each run in bold."""
+    names = list(runs)
+    lines = ["| slice Dice | " + " | ".join(f"{runs[n]['kind']}, seed {runs[n]['train_seed']}" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for method in SCORED_MAPS:
+        cells = []
+        for n in names:
+            dice_by_map = runs[n]["map_dice"]
+            value = f"{dice_by_map[method]:.3f}"
+            cells.append(f"**{value}**" if dice_by_map[method] == max(dice_by_map.values()) else value)
+        lines.append(f"| {_MAP_NAMES[method]} | " + " | ".join(cells) + " |")
+    above = ["yes" if all(runs[n]["map_dice"]["amecam"] > runs[n]["map_dice"][f"exit{k}"] for k in range(1, 5)) else "no" for n in names]
+    lines.append("| final map above every exit? | " + " | ".join(above) + " |")
+    return "\n".join(lines)
 
 
 _BARE = """
@@ -450,6 +471,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.part}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results, indent=2))
+    if "table" in results:
+        print(results["table"])
 
 
 if __name__ == "__main__":
