@@ -234,6 +234,11 @@ def rescore_benchmark(args) -> dict:
     """
     import torch
 
+    if not args.runs:
+        raise SystemExit("rescore: name the --out folders of earlier train runs with --runs")
+    for run in args.runs:
+        if not (run / "train.json").is_file():
+            raise SystemExit(f"{run}: no train.json here; --runs takes the --out folders of `speed.py train` runs")
     _, test = _test_cases()
     runs, groups = {}, {}
     for run in args.runs:
