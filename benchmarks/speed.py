@@ -148,7 +148,8 @@ def _build(pipeline: dict):
     return _with_norm(AMECAMNet(1, stem_stride=pipeline["stem_stride"]), norm)
 
 
-def _test_cases():
+def _benchmark_split():
+    """The (train, test) cases of the synthetic benchmark cohort (seed 0, 6 test cases), synthesised if missing."""
     from amecam_cli.cases import find_cases
 
     cohort = OUTPUT / "cohort_seed0_n22"
@@ -168,7 +169,7 @@ def train_benchmark(args) -> dict:
     from amecam_cli.slicing import SliceSettings, slice_dataset
 
     out = args.out / "train"
-    train, test = _test_cases()
+    train, test = _benchmark_split()
     train = train[: args.n_train]
     results = {"n_train_cases": len(train), "n_test_cases": len(test), "epochs": args.epochs, "attention_epochs": args.attention_epochs,
                "train_seed": args.train_seed}
@@ -239,7 +240,7 @@ def rescore_benchmark(args) -> dict:
     for run in args.runs:
         if not (run / "train.json").is_file():
             raise SystemExit(f"{run}: no train.json here; --runs takes the --out folders of `speed.py train` runs")
-    _, test = _test_cases()
+    _, test = _benchmark_split()
     runs, groups = {}, {}
     for run in args.runs:
         recorded = json.loads((run / "train.json").read_text(encoding="utf-8"))
