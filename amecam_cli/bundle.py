@@ -163,6 +163,8 @@ class LoadedBundle:
         modalities: input channels, in order.
         image_size: slice side the network expects.
         kind: ``amecam`` or ``segmentation`` (a pseudo-label U-Net bundle).
+        strip_skull: the bundle was trained on skull-stripped brain masks of volumes that are not
+            skull-stripped (metadata ``preprocessing.skull_strip``); every volume it sees is prepared so.
     """
 
     root: Path
@@ -172,6 +174,7 @@ class LoadedBundle:
     modalities: tuple[str, ...]
     image_size: int
     kind: str
+    strip_skull: bool = False
 
     def module(self, name: str) -> ModuleType:
         """A module of the bundle's own scripts, e.g. ``bundle.module("inference")``."""
@@ -179,6 +182,8 @@ class LoadedBundle:
 
     def predictor(self, **kwargs) -> Any:
         """A ``VolumePredictor`` of this bundle's own code around its network."""
+        if self.strip_skull:  # bundles before 0.4.0 neither strip nor accept the argument
+            kwargs.setdefault("strip_skull", True)
         return self.module("inference").VolumePredictor(self.network, image_size=self.image_size, **kwargs)
 
 
@@ -261,6 +266,7 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
     image_size = int(fmt["spatial_shape"][0])
     training = metadata.get("amecam_training", {})
     kind = training.get("kind", "amecam")
+    strip_skull = bool(metadata.get("preprocessing", {}).get("skull_strip", False))
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -270,7 +276,7 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
         if traced is not None:
             logger.info("running %s (TorchScript)", root / "models" / "model.ts")
             return LoadedBundle(root=root, metadata=metadata, scripts=scripts, network=traced, modalities=modalities,
-                                image_size=image_size, kind=kind)
+                                image_size=image_size, kind=kind, strip_skull=strip_skull)
     network = instantiate_network(root)
     try:
         state = torch.load(weights, map_location=torch_device, weights_only=True)
@@ -279,7 +285,7 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
         raise AmecamError(f"{weights}: cannot load the weights into the bundle's network ({str(exc).splitlines()[0][:160]})") from exc
     network.to(torch_device).eval()
     return LoadedBundle(root=root, metadata=metadata, scripts=scripts, network=network, modalities=modalities,
-                        image_size=image_size, kind=kind)
+                        image_size=image_size, kind=kind, strip_skull=strip_skull)
 
 
 def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:

@@ -42,6 +42,12 @@ def _int(value: object, name: str, *, minimum: int | None = None) -> int:
     return number
 
 
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise AmecamError(f"--{name} is a switch (give --{name} or --no{name}), got {value!r}")
+    return value
+
+
 def _float(value: object, name: str) -> float:
     if isinstance(value, bool):
         raise AmecamError(f"--{name} must be a number, got {value!r}")
@@ -85,6 +91,7 @@ def slice(  # noqa: A001 - the command is called "slice"
     seed: int = 0,
     pattern: str | None = None,
     slice_labels: str | None = None,
+    skull_strip: bool = False,
     overwrite: bool = False,
 ) -> None:
     """Turn volumes into a 2-D training set with slice labels and a case-level train/val split.
@@ -102,6 +109,7 @@ def slice(  # noqa: A001 - the command is called "slice"
         seed: seed of the split.
         pattern: naming pattern, e.g. "{case}/{case}_{modality}.nii.gz" or "flair={case}/F.nii.gz;label={case}/L.nii.gz".
         slice_labels: CSV with columns case,slice,label instead of segmentations.
+        skull_strip: the volumes are not skull-stripped: remove scalp and skull from the brain mask.
         overwrite: replace a slice dataset with other settings in the output folder.
     """
     from .cases import describe, find_cases, parse_modalities
@@ -116,6 +124,7 @@ def slice(  # noqa: A001 - the command is called "slice"
         ambiguous=str(ambiguous),
         val_fraction=_float(val_fraction, "val_fraction"),
         seed=_int(seed, "seed"),
+        skull_strip=_bool(skull_strip, "skull_strip"),
     )
     labels = read_slice_labels(_path(slice_labels, "slice_labels")) if slice_labels else None
     cases = find_cases(_path(data_dir, "data_dir"), settings.modalities, pattern=pattern, require_label=labels is None)
@@ -143,6 +152,7 @@ def train(
     pretrain_epochs: int | None = None,
     learning_rate: float | None = None,
     val_fraction: float | None = None,
+    skull_strip: bool | None = None,
     config: str | None = None,
     pattern: str | None = None,
     resume: bool = False,
@@ -174,6 +184,8 @@ def train(
         pretrain_epochs: SimCLR epochs (default 10).
         learning_rate: stage-1 Adam learning rate (default 0.001).
         val_fraction: share of cases for validation (default 0.2).
+        skull_strip: the volumes are not skull-stripped (scalp and skull visible): remove them from the
+            brain mask before slicing; the bundle records it and inference does the same (default off).
         config: YAML/JSON file of settings (any of the options above).
         pattern: naming pattern of the data, see amecam slice.
         resume: continue the interrupted run in --output_dir with its saved settings.
@@ -189,6 +201,7 @@ def train(
         "pretrain_epochs": pretrain_epochs,
         "learning_rate": None if learning_rate is None else _float(learning_rate, "learning_rate"),
         "val_fraction": None if val_fraction is None else _float(val_fraction, "val_fraction"),
+        "skull_strip": None if skull_strip is None else _bool(skull_strip, "skull_strip"),
     }
     for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs"):
         if given[name] is not None:
@@ -252,7 +265,7 @@ def infer(
 def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
     """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    Example: amecam export runs/flair -o amecam_flair_v0.3.1.zip
+    Example: amecam export runs/flair -o amecam_flair_v0.4.0.zip
 
     Args:
         run: trained bundle folder.
@@ -270,7 +283,7 @@ def export(run: str, output: str | None = None, overwrite: bool = False) -> None
 def verify(bundle: str, device: str = "cpu") -> None:
     """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
 
-    Example: amecam verify amecam_flair_v0.3.1.zip
+    Example: amecam verify amecam_flair_v0.4.0.zip
 
     Args:
         bundle: bundle folder or zip.

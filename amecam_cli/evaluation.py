@@ -225,7 +225,7 @@ def evaluate(
     started = time.perf_counter()
     for case in tqdm(cases, desc="evaluate", unit="case", disable=None if progress else True):
         loaded = load_case(case)
-        prepared = prepare_volume(loaded.channels, brain=loaded.brain)
+        prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=reference.strip_skull)
         zs = prepared.brain_slices
         spacing = canonical_spacing(loaded.props.spacing, loaded.orientation)
         shape = loaded.label.shape

@@ -184,7 +184,7 @@ def explain_volume(
         raise AmecamError(f"{volume}: amecam explain takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]
     loaded = load_case(job.case, with_label=False)
-    prepared = prepare_volume(loaded.channels, brain=loaded.brain)
+    prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=bundle.strip_skull)
     shape = prepared.brain.shape
     zs = list(prepared.brain_slices)
     point = None

@@ -91,7 +91,7 @@ def export_cam(
         raise AmecamError(f"{volume}: amecam cam takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]
     loaded = load_case(job.case, with_label=False)
-    prepared = prepare_volume(loaded.channels, brain=loaded.brain)
+    prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=bundle.strip_skull)
     slices = extract_slices(prepared.image, prepared.box, prepared.brain_slices, bundle.image_size)
     started = time.perf_counter()
     maps = compute_maps(bundle.network, slices, (method,), batch_size=batch_size, stage=stage, budget=budget,

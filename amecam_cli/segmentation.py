@@ -135,7 +135,8 @@ def train_segmentation(
             "seed": int(seed if seed is not None else base.get("seed", 0)), "supervised": bool(supervised), "crf": bool(crf),
             "uncertainty_margin": float(uncertainty_margin), "uncertainty_weight": float(uncertainty_weight),
             "val_fraction": float(base.get("val_fraction", 0.2)), "min_tumor_fraction": float(base.get("min_tumor_fraction", 0.01)),
-            "ambiguous": base.get("ambiguous", "exclude"), "source_bundle": str(Path(bundle_path).resolve()),
+            "ambiguous": base.get("ambiguous", "exclude"), "skull_strip": bool(source.strip_skull),
+            "source_bundle": str(Path(bundle_path).resolve()),
         }
         (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     else:
@@ -145,7 +146,7 @@ def train_segmentation(
             raise AmecamError(f"--image_size must be a multiple of 16 and >= 32 for the U-Net, got {settings[name]}")
     slice_settings = TrainSettings(modalities=tuple(settings["modalities"]), image_size=settings["image_size"], seed=settings["seed"],
                                    val_fraction=settings["val_fraction"], min_tumor_fraction=settings["min_tumor_fraction"],
-                                   ambiguous=settings["ambiguous"], epochs=1)
+                                   ambiguous=settings["ambiguous"], skull_strip=bool(settings.get("skull_strip", False)), epochs=1)
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)
     try:
@@ -167,6 +168,7 @@ def train_segmentation(
         pred = metadata["network_data_format"]["outputs"]["pred"]
         pred["spatial_shape"] = [settings["image_size"], settings["image_size"]]
         pred["channel_def"] = {"0": "tumour probability", "1": "slice tumour probability (maximum of channel 0)"}
+        metadata["preprocessing"] = {"skull_strip": bool(settings.get("skull_strip", False))}
         write_metadata(output, metadata)
         summary = run_config(
             output, "train_seg.yaml", bundle_root=str(output), dataset_dir=str(slices), epochs=settings["epochs"],

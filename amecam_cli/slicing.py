@@ -66,6 +66,7 @@ class SliceSettings:
         ambiguous: what slices with a smaller tumour become: exclude (label ``ambiguous``), normal, tumor.
         val_fraction: share of cases held out for validation.
         seed: seed of the case-level split.
+        skull_strip: remove scalp and skull from the brain mask (volumes that are not skull-stripped).
     """
 
     modalities: tuple[str, ...]
@@ -74,6 +75,7 @@ class SliceSettings:
     ambiguous: str = "exclude"
     val_fraction: float = 0.2
     seed: int = 0
+    skull_strip: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024:
@@ -189,7 +191,7 @@ def slice_case(
     """
     from amecam_bundle.scripts.preprocess import extract_slices, prepare_volume, resize_masks
 
-    prepared = prepare_volume(loaded.channels, brain=loaded.brain)
+    prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=settings.skull_strip)
     zs = prepared.brain_slices
     file_index = _axial_file_index(loaded.orientation, loaded.channels.shape[-1])
     area = prepared.brain.shape[0] * prepared.brain.shape[1]
@@ -231,8 +233,9 @@ def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise AmecamError(f"{info_path}: cannot read ({exc}); pass --overwrite to start again") from exc
-        if info.get("settings") != settings.as_dict():
-            changed = [k for k, v in settings.as_dict().items() if info.get("settings", {}).get(k) != v]
+        saved = {"skull_strip": False, **info.get("settings", {})}  # datasets before 0.4.0 did not record it
+        if saved != settings.as_dict():
+            changed = [k for k, v in settings.as_dict().items() if saved.get(k) != v]
             raise AmecamError(
                 f"{out_dir}: holds slices made with other settings ({', '.join(changed)}); "
                 "use another folder or pass --overwrite"

@@ -75,6 +75,7 @@ class TrainSettings:
     val_fraction: float = 0.2
     min_tumor_fraction: float = 0.01
     ambiguous: str = "exclude"
+    skull_strip: bool = False
     device: str = "auto"
 
     def validate(self) -> None:
@@ -99,6 +100,8 @@ class TrainSettings:
             )
         if self.batch_size < 2:
             raise AmecamError(f"--batch_size must be >= 2, got {self.batch_size}")
+        if not isinstance(self.skull_strip, bool):
+            raise AmecamError(f"--skull_strip must be true or false, got {self.skull_strip!r}")
         if self.pretrain not in PRETRAIN_CHOICES:
             raise AmecamError(f"--pretrain must be one of {', '.join(PRETRAIN_CHOICES)}, got {self.pretrain!r}")
         if str(self.device).lower() not in ("auto", "cpu", "cuda") and not str(self.device).lower().startswith("cuda:"):
@@ -267,13 +270,16 @@ def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern:
             raise AmecamError(f"{data}: slice dataset has modalities {','.join(info['modalities'])}, not {','.join(settings.modalities)}")
         if int(info["image_size"]) != settings.image_size:
             raise AmecamError(f"{data}: slice dataset has image size {info['image_size']}, not {settings.image_size}")
+        if bool(info.get("skull_strip", False)) != settings.skull_strip:
+            made = "with" if info.get("skull_strip", False) else "without"
+            raise AmecamError(f"{data}: slice dataset was made {made} skull stripping; pass the same --skull_strip to train")
         logger.info("using the slice dataset %s as it is", data)
         return data, json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     cases = find_cases(data, settings.modalities, pattern=pattern)
     slices = output / "slices"
     slice_settings = SliceSettings(
         modalities=settings.modalities, image_size=settings.image_size, min_tumor_fraction=settings.min_tumor_fraction,
-        ambiguous=settings.ambiguous, val_fraction=settings.val_fraction, seed=settings.seed,
+        ambiguous=settings.ambiguous, val_fraction=settings.val_fraction, seed=settings.seed, skull_strip=settings.skull_strip,
     )
     slice_dataset(cases, slices, slice_settings)
     return slices, json.loads((slices / "dataset.json").read_text(encoding="utf-8"))
@@ -361,7 +367,8 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         "",
         f"- Trained {training['trained']} with amecam {training['amecam_version']} on `{training['data']}`.",
         f"- Modalities: {', '.join(training['settings']['modalities'])}; slice size {training['settings']['image_size']}; "
-        f"stem stride {training['settings'].get('stem_stride', 1)}; seed {training['settings']['seed']}.",
+        f"stem stride {training['settings'].get('stem_stride', 1)}; seed {training['settings']['seed']}; "
+        f"skull stripping {'on (scalp and skull removed from the brain mask, also at inference)' if training['settings'].get('skull_strip') else 'off'}.",
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
         f"- Stage 1 best epoch {training['stage1']['best_epoch']} with validation slice AUC {training['stage1']['best_val_auc']}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
@@ -415,6 +422,7 @@ def train_bundle(
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
         metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}
         metadata.setdefault("network_args", {})["stem_stride"] = resolved.stem_stride
+        metadata.setdefault("preprocessing", {})["skull_strip"] = resolved.skull_strip
         write_metadata(output, metadata)
         common = dict(bundle_root=str(output), dataset_dir=str(slices), device=resolved.device, seed=resolved.seed,
                       batch_size=resolved.batch_size, progress=progress)

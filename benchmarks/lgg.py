@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--methods", default="all")
     parser.add_argument("--budget", type=int, default=32)
     parser.add_argument("--no_crf", action="store_true")
+    parser.add_argument("--skull_strip", action="store_true",
+                        help="amecam train --skull_strip: these volumes keep scalp and skull (the bundle then strips at inference too)")
     parser.add_argument("--out", type=Path, default=OUTPUT / "lgg")
     args = parser.parse_args()
 
@@ -46,7 +48,8 @@ def main() -> None:
     test_list = write_datalist(out / "test.json", test, ("flair",))
     report, timings = train_and_evaluate(out, train_list, test_list, modality="flair", epochs=args.epochs,
                                          attention_epochs=args.attention_epochs, image_size=args.image_size, seed=args.seed,
-                                         methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride)
+                                         methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride,
+                                         extra_train=["--skull_strip"] if args.skull_strip else None)
     summary = {
         "seed": args.seed, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
         "n_test_slices": report["n_slices"], "classifier_slice_auc": report["classifier_slice_auc"], "timings_s": timings,

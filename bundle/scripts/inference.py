@@ -89,6 +89,8 @@ class VolumePredictor:
         min_component_voxels: drop 3-D islands smaller than this (0 keeps everything).
         crf: refine the mask with DenseCRF around the candidate tumour.
         crf_params: DenseCRF parameters.
+        strip_skull: remove scalp and skull from the estimated brain mask, as for a bundle trained on
+            volumes that are not skull-stripped (metadata ``preprocessing.skull_strip``).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class VolumePredictor:
         min_component_voxels: int = 0,
         crf: bool = False,
         crf_params: CRFParams | None = None,
+        strip_skull: bool = False,
     ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             msg = f"threshold must be in [0, 1], got {threshold}"
@@ -120,6 +123,7 @@ class VolumePredictor:
         self.min_component_voxels = int(min_component_voxels)
         self.crf = bool(crf)
         self.crf_params = crf_params or CRFParams()
+        self.strip_skull = bool(strip_skull)
 
     def load(self, weights: str | os.PathLike) -> "VolumePredictor":
         """Load a state dict (``models/model.pt``) into the network."""
@@ -168,7 +172,7 @@ class VolumePredictor:
         """
         seconds = {}
         started = time.perf_counter()
-        prepared = prepare_volume(channels, brain=brain)
+        prepared = prepare_volume(channels, brain=brain, strip_skull=self.strip_skull)
         zs = prepared.brain_slices
         slices = extract_slices(prepared.image, prepared.box, zs, self.image_size)
         seconds["preprocess"] = time.perf_counter() - started

@@ -33,6 +33,7 @@ __all__ = [
     "paste_slices",
     "prepare_volume",
     "resize_masks",
+    "skull_strip",
     "to_canonical",
 ]
 
@@ -47,6 +48,10 @@ FOREGROUND_FRACTION = 0.05
 MIN_BRAIN_FRACTION = 0.01
 #: pixels of margin kept around the brain's bounding box when cropping slices
 CROP_MARGIN = 4
+#: skull stripping: the erosion radius as a share of the head's width (about 5 pixels on a 256-pixel slice)
+STRIP_RADIUS_FRACTION = 0.03
+#: skull stripping: head voxels darker than this percentile (skull, CSF, air gaps) are not tissue
+STRIP_TISSUE_PERCENTILE = 20.0
 
 
 def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +110,66 @@ def brain_mask(channels: np.ndarray, *, fraction: float = FOREGROUND_FRACTION) -
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
     return mask
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Dilation of a 2-D mask by a disk of ``radius`` pixels (a distance transform: fast for any radius)."""
+    return ndimage.distance_transform_edt(~mask) <= radius
+
+
+def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Erosion of a 2-D mask by a disk of ``radius`` pixels; outside the array counts as background."""
+    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] > radius
+
+
+def skull_strip(
+    channels: np.ndarray,
+    head: np.ndarray,
+    *,
+    radius_fraction: float = STRIP_RADIUS_FRACTION,
+    tissue_percentile: float = STRIP_TISSUE_PERCENTILE,
+) -> np.ndarray:
+    """Remove scalp and skull from a head mask (for volumes that are not skull-stripped).
+
+    Morphological brain extraction, no trained model: the dark ring of skull and CSF separates the
+    brain from the scalp, so after dropping dark voxels and eroding each axial slice by a few pixels
+    the brain is the largest 3-D connected component. It is dilated back by one pixel more than the
+    erosion (inside the head) and its holes are filled, so a bright lesion at the brain's edge stays
+    in. Meant for FLAIR-like contrasts where the scalp is bright and the skull dark; on a volume that is
+    already skull-stripped it trims at most the outermost pixel ring.
+
+    Args:
+        channels: ``(C, x, y, z)`` intensities.
+        head: boolean head mask (:func:`brain_mask`).
+        radius_fraction: erosion radius as a share of the widest head extent in a slice.
+        tissue_percentile: head voxels below this percentile of the mean normalised intensity are dropped.
+
+    Returns:
+        Boolean ``(x, y, z)`` brain mask inside ``head``; ``head`` itself when nothing survives the erosion.
+    """
+    head = np.asarray(head, dtype=bool)
+    if not head.any():
+        return head
+    grey = np.mean([normalize_intensity(c, head) for c in np.asarray(channels)], axis=0)
+    tissue = head & (grey > np.percentile(grey[head], tissue_percentile))
+    extent = max(int(np.ptp(np.flatnonzero(head.any(axis=(1, 2))))), int(np.ptp(np.flatnonzero(head.any(axis=(0, 2))))))
+    radius = max(2, round(radius_fraction * (extent + 1)))
+    core = np.zeros_like(head)
+    for z in np.flatnonzero(tissue.any(axis=(0, 1))):
+        core[:, :, z] = _erode(tissue[:, :, z], radius)
+    labels, n_labels = ndimage.label(core)
+    if n_labels == 0:
+        return head
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    core = labels == int(np.argmax(sizes))
+    brain = np.zeros_like(head)
+    for z in np.flatnonzero(core.any(axis=(0, 1))):
+        grown = _dilate(core[:, :, z], radius + 1)
+        # close dents the erosion opened (a dark cyst or cavity at the brain's edge), then fill holes
+        grown |= _erode(_dilate(grown, 3 * radius), 3 * radius)
+        brain[:, :, z] = ndimage.binary_fill_holes(grown) & head[:, :, z]
+    return brain
 
 
 def normalize_intensity(
@@ -226,7 +291,11 @@ class PreparedVolume:
 
 
 def prepare_volume(
-    channels: np.ndarray, *, brain: np.ndarray | None = None, min_brain_fraction: float = MIN_BRAIN_FRACTION
+    channels: np.ndarray,
+    *,
+    brain: np.ndarray | None = None,
+    min_brain_fraction: float = MIN_BRAIN_FRACTION,
+    strip_skull: bool = False,
 ) -> PreparedVolume:
     """Brain mask, per-modality normalisation and crop box for a canonical ``(C, x, y, z)`` volume.
 
@@ -234,10 +303,14 @@ def prepare_volume(
         channels: raw intensities, already in canonical orientation.
         brain: a brain mask to use instead of estimating one (e.g. BRATS 2013 ``brainmask``).
         min_brain_fraction: slices with less brain than this share of their pixels are skipped.
+        strip_skull: the volume is not skull-stripped: remove scalp and skull from the estimated mask
+            (:func:`skull_strip`). Ignored when ``brain`` is given.
     """
     channels = np.asarray(channels)
     if brain is None:
         brain = brain_mask(channels)
+        if strip_skull:
+            brain = skull_strip(channels, brain)
     else:
         brain = np.asarray(brain) > 0
     image = np.stack([normalize_intensity(c, brain) for c in channels])
