@@ -250,7 +250,8 @@ def evaluate(
                 scores.append(float(probability[z])), labels.append(0)
         gate = probability >= 0.5
         grey = prepared.image.mean(axis=0)
-        tumour_slices = tumour_slice_indices(loaded.label, zs, min_tumor_fraction=options.min_tumor_fraction)
+        # every tumour slice of the volume, also one the brain mask misses (its maps are empty there)
+        tumour_slices = tumour_slice_indices(loaded.label, range(shape[2]), min_tumor_fraction=options.min_tumor_fraction)
         full_maps = {}
         for method in methods:
             if method in row_providers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 from amecam_cli import __version__
@@ -173,6 +174,26 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),
                        "--methods", "gradcam,best")
     assert code == 2 and "--method must be one of" in err
+
+
+def test_evaluate_scores_a_tumour_slice_the_brain_mask_misses(capsys, tmp_path, tiny_bundle):
+    import json
+
+    from .conftest import planted_case
+
+    image, seg = planted_case(seed=3)
+    image[:, :, 0] = 0  # no brain on slice 0, but the expert mask marks tumour there
+    seg[10:18, 12:20, 0] = 2
+    save_nifti(tmp_path / "d" / "C" / "C_flair.nii.gz", image.astype(np.int16))
+    save_nifti(tmp_path / "d" / "C" / "C_seg.nii.gz", seg)
+    code, _, err = run(capsys, "evaluate", "--data_dir", str(tmp_path / "d"), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"),
+                       "--methods", "amecam,threshold", "--device", "cpu")
+    assert code == 0, err
+    with open(tmp_path / "r" / "per_slice.csv", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["method"] == "amecam"]
+    assert [r["z"] for r in rows] == ["0", "4", "5", "6", "7"]  # slice 0 counted, with an empty map
+    assert float(rows[0]["dice"]) == 0.0
+    assert json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["n_slices"] == 5
 
 
 def test_train_command_and_resume_flag(capsys, tmp_path, tiny_dataset):
