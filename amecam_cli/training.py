@@ -260,19 +260,24 @@ def _prepare_run_folder(output: Path, *, overwrite: bool) -> None:
         raise AmecamError(f"{output}: cannot write the bundle there ({exc.strerror or exc})") from exc
 
 
+def _check_slice_dataset(data: Path, settings: TrainSettings) -> None:
+    """Refuse a slice dataset (``amecam slice`` output) made with settings other than the run's."""
+    info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))["settings"]
+    if list(info["modalities"]) != list(settings.modalities):
+        raise AmecamError(f"{data}: slice dataset has modalities {','.join(info['modalities'])}, not {','.join(settings.modalities)}")
+    if int(info["image_size"]) != settings.image_size:
+        raise AmecamError(f"{data}: slice dataset has image size {info['image_size']}, not {settings.image_size}")
+    if bool(info.get("skull_strip", False)) != settings.skull_strip:
+        made = "with" if info.get("skull_strip", False) else "without"
+        raise AmecamError(f"{data}: slice dataset was made {made} skull stripping; pass the same --skull_strip to train")
+
+
 def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern: str | None) -> tuple[Path, dict]:
     from .cases import find_cases
     from .slicing import SliceSettings, slice_dataset
 
     if _is_slice_dataset(data):
-        info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))["settings"]
-        if list(info["modalities"]) != list(settings.modalities):
-            raise AmecamError(f"{data}: slice dataset has modalities {','.join(info['modalities'])}, not {','.join(settings.modalities)}")
-        if int(info["image_size"]) != settings.image_size:
-            raise AmecamError(f"{data}: slice dataset has image size {info['image_size']}, not {settings.image_size}")
-        if bool(info.get("skull_strip", False)) != settings.skull_strip:
-            made = "with" if info.get("skull_strip", False) else "without"
-            raise AmecamError(f"{data}: slice dataset was made {made} skull stripping; pass the same --skull_strip to train")
+        _check_slice_dataset(data, settings)
         logger.info("using the slice dataset %s as it is", data)
         return data, json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     cases = find_cases(data, settings.modalities, pattern=pattern)
@@ -411,6 +416,8 @@ def train_bundle(
     saved = _saved_settings(output) if resume else None
     # every setting is checked before anything is written, so a typo leaves no half-made bundle behind
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
+    if _is_slice_dataset(data):
+        _check_slice_dataset(data, resolved)
     if not resume:
         _prepare_run_folder(output, overwrite=overwrite)
     (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")

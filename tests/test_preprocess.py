@@ -103,3 +103,59 @@ def test_prepare_volume_skips_slices_without_brain():
     with torch.no_grad():
         slices = extract_slices(prepared.image, prepared.box, prepared.brain_slices, 16)
     assert slices.shape == (len(prepared.brain_slices), 1, 16, 16)
+
+
+def _head_with_scalp(shape=(96, 96, 10), seed=0):
+    """A brain disk, a dark skull ring and a bright scalp ring (a volume that is not skull-stripped).
+
+    The brain holds a lesion at its edge: a bright rim around a dark cyst that opens onto the skull.
+    Returns ``(volume, brain, scalp, lesion)``.
+    """
+    rng = np.random.default_rng(seed)
+    x, y = np.ogrid[: shape[0], : shape[1]]
+    r = np.hypot(x - shape[0] / 2, y - shape[1] / 2)
+    plane = np.where(r < 30, 100.0, np.where(r < 36, 8.0, np.where(r < 42, 170.0, 0.0)))
+    lesion = np.hypot(x - shape[0] / 2 - 22, y - shape[1] / 2) < 8
+    lesion &= r < 30
+    cyst = lesion & (np.hypot(x - shape[0] / 2 - 25, y - shape[1] / 2) < 4)
+    plane = np.where(lesion, 190.0, plane)
+    plane = np.where(cyst, 10.0, plane)
+    volume = np.repeat(plane[:, :, None], shape[2], axis=2) + rng.normal(0, 3, shape)
+    volume = np.clip(volume, 0, None).astype(np.float32)
+    brain = np.repeat((r < 30)[:, :, None], shape[2], axis=2)
+    scalp = np.repeat(((r >= 37) & (r < 42))[:, :, None], shape[2], axis=2)
+    return volume, brain, scalp, np.repeat(lesion[:, :, None], shape[2], axis=2)
+
+
+def test_skull_strip_removes_the_scalp_and_keeps_a_lesion_with_a_cyst_at_the_brain_edge():
+    from amecam_bundle.scripts.preprocess import skull_strip
+
+    volume, brain, scalp, lesion = _head_with_scalp()
+    head = brain_mask(volume[None])
+    assert head[scalp].mean() > 0.95  # without stripping the scalp counts as brain
+    stripped = skull_strip(volume[None], head)
+    assert stripped[scalp].mean() < 0.01
+    assert stripped[brain].mean() > 0.97
+    # the dark cyst opens onto the skull and is still kept, up to a few pixels on the outline
+    assert stripped[lesion].mean() > 0.97
+    assert stripped[~head].sum() == 0
+
+
+def test_prepare_volume_strips_only_when_asked_and_never_overrides_a_given_mask():
+    from amecam_bundle.scripts.preprocess import skull_strip
+
+    volume, brain, scalp, _ = _head_with_scalp()
+    plain = prepare_volume(volume[None])
+    stripped = prepare_volume(volume[None], strip_skull=True)
+    np.testing.assert_array_equal(stripped.brain, skull_strip(volume[None], plain.brain))
+    assert plain.brain[scalp].all() and not stripped.brain[scalp].any()
+    assert stripped.image[0][scalp].max() == 0.0  # normalised inside the brain only
+    given = prepare_volume(volume[None], brain=brain | scalp, strip_skull=True)
+    np.testing.assert_array_equal(given.brain, brain | scalp)
+
+
+def test_skull_strip_of_an_empty_head_is_empty():
+    from amecam_bundle.scripts.preprocess import skull_strip
+
+    volume = np.zeros((1, 20, 20, 4), dtype=np.float32)
+    assert not skull_strip(volume, np.zeros((20, 20, 4), dtype=bool)).any()

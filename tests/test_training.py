@@ -26,6 +26,7 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert set(training["split"].values()) == {"train", "val"}
     assert training["stage2"]["polarity"] in (1.0, -1.0)
     assert metadata["network_args"] == {"stem_stride": 1}  # the default: full-resolution exit maps
+    assert metadata["preprocessing"] == {"skull_strip": False}
     image = metadata["network_data_format"]["inputs"]["image"]
     assert image["spatial_shape"] == [64, 64] and image["channel_def"] == {"0": "flair"}
     stage1 = json.loads((tiny_bundle / "models" / "stage1.json").read_text(encoding="utf-8"))
@@ -132,3 +133,51 @@ def test_multi_channel_training_with_the_fast_stem(tmp_path, tiny_dataset):
     assert network.classifier.stem[0].stride == (2, 2)
     features = network.classifier.stem(torch.rand(1, 2, 64, 64))
     assert features.shape[-1] == 16
+
+
+def test_skull_strip_is_recorded_in_the_bundle_and_applied_at_inference(tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from amecam_cli.bundle import open_bundle
+    from amecam_cli.cli import main
+
+    from .conftest import save_nifti
+    from .test_preprocess import _head_with_scalp
+
+    data = tmp_path / "data"
+    for i in range(4):
+        volume, _, scalp, lesion = _head_with_scalp(seed=i)
+        seg = lesion.astype(np.uint8)
+        seg[:, :, :3] = 0  # some normal slices for the classifier
+        save_nifti(data / f"C{i}" / f"C{i}_flair.nii.gz", volume)
+        save_nifti(data / f"C{i}" / f"C{i}_seg.nii.gz", seg)
+    run = tmp_path / "run"
+    train_bundle(data, run, settings={**TINY_SETTINGS, "epochs": 1, "stem_stride": 2, "skull_strip": True}, progress=False)
+    metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["preprocessing"] == {"skull_strip": True}
+    assert metadata["amecam_training"]["settings"]["skull_strip"] is True
+    assert json.loads((run / "slices" / "dataset.json").read_text(encoding="utf-8"))["settings"]["skull_strip"] is True
+    assert "skull stripping on" in (run / "docs" / "README.md").read_text(encoding="utf-8")
+    assert open_bundle(run).strip_skull
+    # inference strips too: the map is zero on the scalp, which the plain brain mask would include
+    code = main(["infer", str(data / "C0" / "C0_flair.nii.gz"), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(run),
+                 "--save_cam", str(tmp_path / "cam.nii.gz")])
+    assert code == 0, capsys.readouterr().err
+    cam = nib.load(str(tmp_path / "cam.nii.gz")).get_fdata()
+    assert cam[scalp].max() == 0.0 and cam.max() > 0.0
+
+
+def test_training_on_slices_made_without_skull_stripping_refuses_skull_strip(tmp_path, tiny_dataset, capsys):
+    from amecam_cli.cli import main
+
+    assert main(["slice", str(tiny_dataset), "-o", str(tmp_path / "s"), "--image_size", "64"]) == 0
+    code = main(["train", "--data_dir", str(tmp_path / "s"), "--output_dir", str(tmp_path / "run"), "--skull_strip",
+                 "--image_size", "64", "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "slice dataset was made without skull stripping" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    code = main(["train", "--data_dir", str(tiny_dataset), "--output_dir", str(tmp_path / "run2"), "--skull_strip=maybe"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--skull_strip is a switch" in err and "Traceback" not in err

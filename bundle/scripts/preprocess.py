@@ -134,9 +134,13 @@ def skull_strip(
     Morphological brain extraction, no trained model: the dark ring of skull and CSF separates the
     brain from the scalp, so after dropping dark voxels and eroding each axial slice by a few pixels
     the brain is the largest 3-D connected component. It is dilated back by one pixel more than the
-    erosion (inside the head) and its holes are filled, so a bright lesion at the brain's edge stays
-    in. Meant for FLAIR-like contrasts where the scalp is bright and the skull dark; on a volume that is
-    already skull-stripped it trims at most the outermost pixel ring.
+    erosion, dents that the erosion opened at its edge (a dark cyst next to the skull) are closed,
+    holes are filled, and the result is kept inside the head. Meant for FLAIR-like contrasts where the
+    scalp is bright and the skull dark. On the 80 LGG FLAIR volumes of ``../shared/data`` it keeps 99.9%
+    of the tumour voxels (at least 97.8% per patient; ``benchmarks/skull_strip.py``); slices at the skull
+    base keep bits of scalp or lose bits of brain. Do not use it on skull-stripped volumes: on the
+    BraTS 2021 and BRATS 2013 FLAIR volumes it removes 11-18% of the brain and, in one case, 16% of
+    the tumour.
 
     Args:
         channels: ``(C, x, y, z)`` intensities.
