@@ -355,6 +355,7 @@ def crf(
     iterations: int = 10,
     margin: int = 16,
     full_slices: bool = False,
+    skull_strip: bool = False,
     overwrite: bool = False,
 ) -> None:
     """Refine a tumour map into a mask with DenseCRF (pydensecrf2), around the candidate tumour only.
@@ -377,6 +378,8 @@ def crf(
         iterations: mean-field iterations.
         margin: pixels around the candidate's box that the CRF may claim.
         full_slices: run on whole slices instead of the box (slower; for comparison).
+        skull_strip: the image is not skull-stripped: keep the mask out of scalp and skull (as a bundle
+            trained with --skull_strip does).
         overwrite: replace an existing output.
     """
     from .maps import refine_with_crf
@@ -387,7 +390,8 @@ def crf(
                     gaussian_sxy=_float(gaussian_sxy, "gaussian_sxy"), gaussian_compat=_float(gaussian_compat, "gaussian_compat"),
                     bilateral_sxy=_float(bilateral_sxy, "bilateral_sxy"), bilateral_srgb=_float(bilateral_srgb, "bilateral_srgb"),
                     bilateral_compat=_float(bilateral_compat, "bilateral_compat"), iterations=_int(iterations, "iterations", minimum=1),
-                    margin=_int(margin, "margin", minimum=0), full_slices=bool(full_slices), overwrite=bool(overwrite))
+                    margin=_int(margin, "margin", minimum=0), full_slices=bool(full_slices),
+                    strip_skull=_bool(skull_strip, "skull_strip"), overwrite=bool(overwrite))
 
 
 @SetParseFns(data_dir=str, bundle=str, output=str, methods=str, device=str, pattern=str, extra_bundles=str)

@@ -126,6 +126,7 @@ def refine_with_crf(
     iterations: int = 10,
     margin: int = 16,
     full_slices: bool = False,
+    strip_skull: bool = False,
     overwrite: bool = False,
 ) -> dict:
     """DenseCRF on the slices and the region where ``cam >= threshold``; writes a uint8 mask on the image's grid."""
@@ -150,7 +151,7 @@ def refine_with_crf(
                        margin=int(margin))
     image_c, orientation = to_canonical(array, props.affine)  # slice axially whatever the file's axis order
     heat_c, _ = to_canonical(heat, props.affine)
-    prepared = prepare_volume(np.asarray(image_c)[None])
+    prepared = prepare_volume(np.asarray(image_c)[None], strip_skull=strip_skull)
     candidate = (heat_c >= float(threshold)) & prepared.brain
     started = time.perf_counter()
     mask = crf_refine_volume(prepared.image[0], np.clip(heat_c, 0, 1), candidate, params, restrict=not full_slices)

@@ -210,3 +210,18 @@ def test_train_command_and_resume_flag(capsys, tmp_path, tiny_dataset):
     assert code == 2 and "--image_size must be a multiple of 32 and >= 64" in err
     code, _, err = run(capsys, "train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "r3"), "--device", "tpu")
     assert code == 2 and "--device must be one of auto, cpu, cuda" in err
+
+
+def test_crf_with_skull_strip_keeps_the_mask_off_the_scalp(capsys, tmp_path):
+    import nibabel as nib
+
+    from .test_preprocess import _head_with_scalp
+
+    volume, _, scalp, lesion = _head_with_scalp(shape=(96, 96, 4))
+    save_nifti(tmp_path / "img.nii.gz", volume)
+    save_nifti(tmp_path / "cam.nii.gz", (volume > 50).astype(np.float32))  # the bright scalp is "tumour" in this map
+    code, _, err = run(capsys, "crf", str(tmp_path / "img.nii.gz"), str(tmp_path / "cam.nii.gz"), "-o", str(tmp_path / "m.nii.gz"),
+                       "--skull_strip")
+    assert code == 0, err
+    mask = nib.load(str(tmp_path / "m.nii.gz")).get_fdata() > 0
+    assert not mask[scalp].any() and mask[lesion].any()
