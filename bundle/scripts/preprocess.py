@@ -104,12 +104,17 @@ def brain_mask(channels: np.ndarray, *, fraction: float = FOREGROUND_FRACTION) -
         if mask[:, :, z].any():  # drop background noise specks, then fill dark structures inside
             plane = ndimage.binary_opening(mask[:, :, z], structure=square)
             mask[:, :, z] = ndimage.binary_fill_holes(plane)
+    return _largest_component(mask)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component (face connectivity) of a boolean mask; the mask if it has at most one."""
     labels, n_labels = ndimage.label(mask)
-    if n_labels > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    return mask
+    if n_labels <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
 
 
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
@@ -161,12 +166,9 @@ def skull_strip(
     core = np.zeros_like(head)
     for z in np.flatnonzero(tissue.any(axis=(0, 1))):
         core[:, :, z] = _erode(tissue[:, :, z], radius)
-    labels, n_labels = ndimage.label(core)
-    if n_labels == 0:
+    if not core.any():
         return head
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    core = labels == int(np.argmax(sizes))
+    core = _largest_component(core)
     brain = np.zeros_like(head)
     for z in np.flatnonzero(core.any(axis=(0, 1))):
         grown = _dilate(core[:, :, z], radius + 1)
