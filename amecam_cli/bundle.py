@@ -163,8 +163,8 @@ class LoadedBundle:
         modalities: input channels, in order.
         image_size: slice side the network expects.
         kind: ``amecam`` or ``segmentation`` (a pseudo-label U-Net bundle).
-        strip_skull: the bundle was trained on skull-stripped brain masks of volumes that are not
-            skull-stripped (metadata ``preprocessing.skull_strip``); every volume it sees is prepared so.
+        strip_skull: the bundle removes scalp and skull from the brain mask of every volume it
+            prepares, as it did in training (metadata ``preprocessing.skull_strip``; False before 0.4.0).
     """
 
     root: Path
