@@ -136,7 +136,7 @@ def slice(  # noqa: A001 - the command is called "slice"
     )
 
 
-@SetParseFns(data_dir=str, output_dir=str, modality=str, device=str, pretrain=str, config=str, pattern=str)
+@SetParseFns(data_dir=str, output_dir=str, modality=str, device=str, pretrain=str, fusion=str, config=str, pattern=str)
 def train(
     data_dir: str,
     output_dir: str | None = None,
@@ -153,6 +153,7 @@ def train(
     learning_rate: float | None = None,
     val_fraction: float | None = None,
     skull_strip: bool | None = None,
+    fusion: str | None = None,
     config: str | None = None,
     pattern: str | None = None,
     resume: bool = False,
@@ -186,6 +187,10 @@ def train(
         val_fraction: share of cases for validation (default 0.2).
         skull_strip: the volumes are not skull-stripped (scalp and skull visible): remove them from the
             brain mask before slicing; the bundle records it and inference does the same (default off).
+        fusion: the map the bundle segments with: mean (the paper's mean of the four exit maps and the
+            attention map Mf, the default) or attention (Mf alone; better in most runs of
+            docs/benchmarks.md section 8). Training is the same either way: --resume --fusion attention
+            switches a finished run without retraining.
         config: YAML/JSON file of settings (any of the options above).
         pattern: naming pattern of the data, see amecam slice.
         resume: continue the interrupted run in --output_dir with its saved settings.
@@ -202,6 +207,7 @@ def train(
         "learning_rate": None if learning_rate is None else _float(learning_rate, "learning_rate"),
         "val_fraction": None if val_fraction is None else _float(val_fraction, "val_fraction"),
         "skull_strip": None if skull_strip is None else _bool(skull_strip, "skull_strip"),
+        "fusion": fusion,
     }
     for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs"):
         if given[name] is not None:
@@ -265,7 +271,7 @@ def infer(
 def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
     """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    Example: amecam export runs/flair -o amecam_flair_v0.4.0.zip
+    Example: amecam export runs/flair -o amecam_flair_v0.5.0.zip
 
     Args:
         run: trained bundle folder.
@@ -283,7 +289,7 @@ def export(run: str, output: str | None = None, overwrite: bool = False) -> None
 def verify(bundle: str, device: str = "cpu") -> None:
     """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
 
-    Example: amecam verify amecam_flair_v0.4.0.zip
+    Example: amecam verify amecam_flair_v0.5.0.zip
 
     Args:
         bundle: bundle folder or zip.

@@ -49,6 +49,15 @@ METHOD_LABELS = {
     "threshold": "Brightness threshold (no training)",
     "otsu": "Otsu threshold per volume (no training)",
 }
+#: the ``amecam`` row of a bundle trained with ``--fusion attention`` (its final map is Mf)
+ATTENTION_FUSION_LABEL = "AME-CAM final map, fusion attention (Mf alone)"
+
+
+def method_label(name: str, *, fusion: str | None = "mean") -> str:
+    """The row label of a report's method (``name`` may end in ``+crf``); ``fusion`` is the bundle's."""
+    base, _, suffix = name.partition("+")
+    label = ATTENTION_FUSION_LABEL if base == "amecam" and fusion == "attention" else METHOD_LABELS.get(base, base)
+    return label + (" + DenseCRF" if suffix == "crf" else "")
 
 
 def validate_evaluation_methods(methods: str | list | tuple) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -307,6 +316,7 @@ def evaluate(
         "bundle": str(bundle.root if bundle is not None else bundle_path),
         "extra_bundles": {segmentation_row_name(b): str(b.root) for b in segmentation},
         "bundle_training": reference.metadata.get("amecam_training", {}).get("settings", {}),
+        "fusion": bundle.metadata.get("network_args", {}).get("fusion", "mean") if bundle is not None else None,
         "gating": "AME-CAM classifier (deepest exit)" if bundle is not None else "the U-Net's own slice maximum",
         "command": command,
         "versions": _versions(),
@@ -337,8 +347,7 @@ def table_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in report["methods"].items():
-        base, _, suffix = name.partition("+")
-        label = METHOD_LABELS.get(base, base) + (" + DenseCRF" if suffix == "crf" else "")
+        label = method_label(name, fusion=report.get("fusion"))
         s, v = row["slice"], row["volume"]
         lines.append(
             f"| {label} | {_fmt(s['dice'], s['dice_std'])} | {_fmt(s['iou'], s['iou_std'])} | {_fmt(s['hd95'], s['hd95_std'], 1)} "

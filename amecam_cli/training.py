@@ -76,6 +76,7 @@ class TrainSettings:
     min_tumor_fraction: float = 0.01
     ambiguous: str = "exclude"
     skull_strip: bool = False
+    fusion: str = "mean"
     device: str = "auto"
 
     def validate(self) -> None:
@@ -102,6 +103,10 @@ class TrainSettings:
             raise AmecamError(f"--batch_size must be >= 2, got {self.batch_size}")
         if not isinstance(self.skull_strip, bool):
             raise AmecamError(f"--skull_strip must be true or false, got {self.skull_strip!r}")
+        from amecam_bundle.scripts.networks import FUSION_CHOICES
+
+        if self.fusion not in FUSION_CHOICES:
+            raise AmecamError(f"--fusion must be one of {', '.join(FUSION_CHOICES)}, got {self.fusion!r}")
         if self.pretrain not in PRETRAIN_CHOICES:
             raise AmecamError(f"--pretrain must be one of {', '.join(PRETRAIN_CHOICES)}, got {self.pretrain!r}")
         if str(self.device).lower() not in ("auto", "cpu", "cuda") and not str(self.device).lower().startswith("cuda:"):
@@ -114,7 +119,7 @@ class TrainSettings:
 
 
 #: settings that may differ when resuming (they do not change what is trained)
-RESUMABLE_CHANGES = ("device",)
+RESUMABLE_CHANGES = ("device", "fusion")
 
 
 def _read_settings_file(path: Path) -> dict:
@@ -272,6 +277,19 @@ def _check_slice_dataset(data: Path, settings: TrainSettings) -> None:
         raise AmecamError(f"{data}: slice dataset was made {made} skull stripping; pass the same --skull_strip to train")
 
 
+def _check_configs_take_fusion(output: Path, fusion: str) -> None:
+    """Refuse ``--fusion`` on a run whose configs (copied when it started) do not pass it to the network."""
+    import yaml
+
+    config = output / "configs" / "inference.yaml"
+    try:
+        network_def = yaml.safe_load(config.read_text(encoding="utf-8")).get("network_def", {})
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise AmecamError(f"{config}: cannot read the run's inference config ({exc})") from exc
+    if "fusion" not in network_def:
+        raise AmecamError(f"{output}: this run's configs predate --fusion (bundle 0.5.0); train a new run to use --fusion {fusion}")
+
+
 def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern: str | None) -> tuple[Path, dict]:
     from .cases import find_cases
     from .slicing import SliceSettings, slice_dataset
@@ -362,6 +380,12 @@ def _quiet_tracer_warnings() -> Iterator[None]:
         yield
 
 
+FUSION_TEXT = {
+    "mean": "the paper's final map, the mean of the four exit maps and the attention map Mf (fusion mean)",
+    "attention": "the attention map Mf alone (fusion attention)",
+}
+
+
 def _write_model_card(root: Path, metadata: dict) -> None:
     card = root / "docs" / "README.md"
     training = metadata["amecam_training"]
@@ -374,6 +398,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         f"- Modalities: {', '.join(training['settings']['modalities'])}; slice size {training['settings']['image_size']}; "
         f"stem stride {training['settings'].get('stem_stride', 1)}; seed {training['settings']['seed']}; "
         f"skull stripping {'on (scalp and skull removed from the brain mask, also at inference)' if training['settings'].get('skull_strip') else 'off'}.",
+        f"- Masks are made from {FUSION_TEXT[training['settings'].get('fusion', 'mean')]}.",
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
         f"- Stage 1 best epoch {training['stage1']['best_epoch']} with validation slice AUC {training['stage1']['best_val_auc']}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
@@ -418,6 +443,8 @@ def train_bundle(
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
     if _is_slice_dataset(data):
         _check_slice_dataset(data, resolved)
+    if resume and resolved.fusion != "mean":
+        _check_configs_take_fusion(output, resolved.fusion)
     if not resume:
         _prepare_run_folder(output, overwrite=overwrite)
     (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")
@@ -429,6 +456,7 @@ def train_bundle(
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
         metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}
         metadata.setdefault("network_args", {})["stem_stride"] = resolved.stem_stride
+        metadata["network_args"]["fusion"] = resolved.fusion
         metadata.setdefault("preprocessing", {})["skull_strip"] = resolved.skull_strip
         write_metadata(output, metadata)
         common = dict(bundle_root=str(output), dataset_dir=str(slices), device=resolved.device, seed=resolved.seed,

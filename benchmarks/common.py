@@ -66,7 +66,7 @@ def machine() -> str:
 
 def table(report: dict, rows: list[str] | None = None) -> str:
     """Compact markdown table of a report.json: slice and volume Dice/IoU/HD95 per method."""
-    from amecam_cli.evaluation import METHOD_LABELS
+    from amecam_cli.evaluation import method_label
 
     def fmt(level: dict, key: str, digits: int = 3) -> str:
         value = level.get(key)
@@ -79,8 +79,7 @@ def table(report: dict, rows: list[str] | None = None) -> str:
         if name not in report["methods"]:
             continue
         row = report["methods"][name]
-        base, _, suffix = name.partition("+")
-        label = METHOD_LABELS.get(base, base) + (" + DenseCRF" if suffix == "crf" else "")
+        label = method_label(name, fusion=report.get("fusion"))
         s, v = row["slice"], row["volume"]
         lines.append(f"| {label} | {fmt(s, 'dice')} | {fmt(s, 'iou')} | {fmt(s, 'hd95', 1)} | {fmt(v, 'dice')} | {fmt(v, 'iou')} | {fmt(v, 'hd95', 1)} |")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="benchmark output folders with report/report.json")
     args = parser.parse_args()
 
-    from amecam_cli.evaluation import METHOD_LABELS
+    from amecam_cli.evaluation import method_label
 
     reports = []
     for run in args.runs:
@@ -33,8 +33,8 @@ def main() -> None:
     print("| slice Dice (volume Dice) | " + " | ".join(run.name for run in args.runs) + " |")
     print("|---|" + "---|" * len(reports))
     for name in methods:
-        base, _, suffix = name.partition("+")
-        label = METHOD_LABELS.get(base, base) + (" + DenseCRF" if suffix == "crf" else "")
+        labels = {method_label(name, fusion=r.get("fusion")) for r in reports}
+        label = " / ".join(sorted(labels))  # runs whose bundles fuse differently name both
         cells = [f"{r['methods'][name]['slice']['dice']:.3f} ({r['methods'][name]['volume']['dice']:.3f})" for r in reports]
         print(f"| {label} | " + " | ".join(cells) + " |")
     print("| tumour slices scored | " + " | ".join(str(r["n_slices"]) for r in reports) + " |")

@@ -225,3 +225,19 @@ def test_crf_with_skull_strip_keeps_the_mask_off_the_scalp(capsys, tmp_path):
     assert code == 0, err
     mask = nib.load(str(tmp_path / "m.nii.gz")).get_fdata() > 0
     assert not mask[scalp].any() and mask[lesion].any()
+
+
+@pytest.mark.parametrize(
+    ("name", "fusion", "label"),
+    [
+        ("amecam", "mean", "AME-CAM (mean of M1-M4 and Mf)"),
+        ("amecam", None, "AME-CAM (mean of M1-M4 and Mf)"),  # reports from before bundle 0.5.0
+        ("amecam+crf", "attention", "AME-CAM final map, fusion attention (Mf alone) + DenseCRF"),
+        ("attention", "attention", "AME-CAM attention map Mf alone"),
+        ("exit2+crf", "mean", "Exit 2 (M2) + DenseCRF"),
+    ],
+)
+def test_report_labels_name_the_bundles_fusion(name, fusion, label):
+    from amecam_cli.evaluation import method_label
+
+    assert method_label(name, fusion=fusion) == label

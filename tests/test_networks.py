@@ -255,3 +255,25 @@ def test_aggregator_weights_are_a_softmax_over_maps():
     agg = AttentionAggregator()
     w = agg.weights(torch.rand(2, 1, 16, 16), torch.rand(2, 4, 16, 16))
     torch.testing.assert_close(w.sum(dim=1), torch.ones(2, 16, 16))
+
+
+def test_fusion_attention_makes_mf_the_final_map_and_mean_the_papers_mean():
+    from amecam_bundle.scripts.networks import brain_region, minmax_per_image
+
+    torch.manual_seed(3)
+    mean = AMECAMNet(in_channels=1).eval()
+    attention = AMECAMNet(in_channels=1, fusion="attention").eval()
+    attention.load_state_dict(mean.state_dict())  # fusion is not a weight: the same state dict fits both
+    x = torch.rand(3, 1, 64, 64)
+    x[:, :, :6] = 0  # some background
+    with torch.no_grad():
+        maps = mean.all_maps(x)
+        expected = minmax_per_image(torch.cat([maps["exits"], maps["attention"]], dim=1).mean(dim=1, keepdim=True), brain_region(x))
+        assert torch.allclose(maps["final"], expected)
+        assert torch.allclose(attention.all_maps(x)["final"], maps["attention"])
+        assert torch.allclose(attention(x)[:, 0:1], maps["attention"], atol=1e-6)
+        assert not torch.allclose(maps["final"], maps["attention"], atol=1e-3)
+        probability, *raw = attention.score(x)
+        assert torch.allclose(attention.maps_from_raw(x, *raw), maps["attention"], atol=1e-6)
+    with pytest.raises(ValueError, match="fusion must be one of mean, attention, got 'max'"):
+        AMECAMNet(fusion="max")

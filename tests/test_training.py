@@ -25,7 +25,7 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert sorted(training["split"]) == [f"CASE_{i:02d}" for i in range(6)]
     assert set(training["split"].values()) == {"train", "val"}
     assert training["stage2"]["polarity"] in (1.0, -1.0)
-    assert metadata["network_args"] == {"stem_stride": 1}  # the default: full-resolution exit maps
+    assert metadata["network_args"] == {"stem_stride": 1, "fusion": "mean"}  # the defaults: full-resolution maps, the paper's fusion
     assert metadata["preprocessing"] == {"skull_strip": False}
     image = metadata["network_data_format"]["inputs"]["image"]
     assert image["spatial_shape"] == [64, 64] and image["channel_def"] == {"0": "flair"}
@@ -124,7 +124,7 @@ def test_multi_channel_training_with_the_fast_stem(tmp_path, tiny_dataset):
     metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 2
     assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "flair", "1": "t1ce"}
-    assert metadata["network_args"] == {"stem_stride": 2}
+    assert metadata["network_args"] == {"stem_stride": 2, "fusion": "mean"}
     # the trained bundle rebuilds the same architecture from its own configs: M1 at a quarter of the input size
     from amecam_cli.bundle import instantiate_network
 
@@ -181,3 +181,59 @@ def test_training_on_slices_made_without_skull_stripping_refuses_skull_strip(tmp
     code = main(["train", "--data_dir", str(tiny_dataset), "--output_dir", str(tmp_path / "run2"), "--skull_strip=maybe"])
     err = capsys.readouterr().err
     assert code == 2 and "--skull_strip is a switch" in err and "Traceback" not in err
+
+
+def test_resume_with_fusion_attention_switches_a_finished_bundle_to_mf_without_retraining(tmp_path, tiny_bundle):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from amecam_cli.bundle import open_bundle
+    from amecam_cli.cams import compute_maps
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run)
+    weights = (run / "models" / "model.pt").read_bytes()
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    before = compute_maps(open_bundle(run).network, x, ("amecam", "attention"))
+    assert not torch.allclose(before["amecam"], before["attention"], atol=1e-3)  # the two fusions differ here
+    train_bundle(tiny_bundle.parent / "data", run, settings={"fusion": "attention"}, resume=True, progress=False)
+    assert (run / "models" / "model.pt").read_bytes() == weights  # nothing retrained
+    metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["network_args"]["fusion"] == "attention"
+    assert metadata["amecam_training"]["settings"]["fusion"] == "attention"
+    assert "the attention map Mf alone (fusion attention)" in (run / "docs" / "README.md").read_text(encoding="utf-8")
+    for torchscript in (False, True):  # the eager network and the re-exported trace both make Mf the final map
+        with torch.no_grad():
+            final = open_bundle(run, torchscript=torchscript).network(x)[:, 0]
+        assert torch.allclose(final, before["attention"], atol=1e-5)
+    # and a mask from amecam infer is Mf thresholded
+    case = tiny_bundle.parent / "data" / "CASE_00" / "CASE_00_flair.nii.gz"
+    predictor = open_bundle(run).predictor(device="cpu", gate=False)
+    result = predictor.predict_files(str(case), str(tmp_path / "m.nii.gz"), str(tmp_path / "cam.nii.gz"))
+    assert result["written"]["mask"] == str(tmp_path / "m.nii.gz")
+    cam = nib.load(str(tmp_path / "cam.nii.gz")).get_fdata()
+    mask = nib.load(str(tmp_path / "m.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(mask > 0, cam >= 0.5)
+
+
+def test_fusion_is_refused_on_a_run_whose_configs_predate_it(tmp_path, tiny_bundle, capsys):
+    import shutil
+
+    from amecam_cli.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run)
+    config = run / "configs" / "inference.yaml"
+    config.write_text("\n".join(line for line in config.read_text(encoding="utf-8").splitlines() if "fusion" not in line) + "\n",
+                      encoding="utf-8")
+    metadata = (run / "configs" / "metadata.json").read_text(encoding="utf-8")
+    code = main(["train", "--data_dir", str(tiny_bundle.parent / "data"), "-o", str(run), "--resume", "--fusion", "attention"])
+    err = capsys.readouterr().err
+    assert code == 2 and "configs predate --fusion" in err and "Traceback" not in err
+    assert (run / "configs" / "metadata.json").read_text(encoding="utf-8") == metadata  # refused before anything was written
+    code = main(["train", "--data_dir", str(tiny_bundle.parent / "data"), "-o", str(tmp_path / "new"), "--fusion", "median"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--fusion must be one of mean, attention, got 'median'" in err
+    assert not (tmp_path / "new").exists()

@@ -11,8 +11,9 @@ Tumor", MICCAI 2023.
 * :class:`AttentionAggregator` weights the four upsampled, per-image normalised maps pixel by pixel
   (softmax over the maps) into Mf.
 * :class:`AMECAMNet` is what the bundle's ``network_def`` builds for inference: one tensor out,
-  channel 0 the final map ``minmax(mean(M1..M4, Mf))`` (1 = tumour), channel 1 the classifier's
-  tumour probability broadcast over the image, so ``verify_net_in_out`` and TorchScript tracing work.
+  channel 0 the final map (1 = tumour; by default the paper's ``minmax(mean(M1..M4, Mf))``, or Mf
+  alone with ``fusion="attention"``), channel 1 the classifier's tumour probability broadcast over the
+  image, so ``verify_net_in_out`` and TorchScript tracing work.
 
 Example:
     >>> net = AMECAMNet(in_channels=1)
@@ -35,6 +36,7 @@ __all__ = [
     "AMECAMNet",
     "AttentionAggregator",
     "EXIT_WEIGHTS",
+    "FUSION_CHOICES",
     "FastInstanceNorm2d",
     "MultiExitResNet",
     "SegmentationNet",
@@ -46,6 +48,8 @@ __all__ = [
 #: BCE weights of the four exits in stage 1 (the paper's values)
 EXIT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_NORM = ("instance", {"affine": True})
+#: how the final map is made: ``mean`` = ``minmax(mean(M1..M4, Mf))`` (the paper), ``attention`` = Mf alone
+FUSION_CHOICES = ("mean", "attention")
 
 
 class FastInstanceNorm2d(nn.InstanceNorm2d):
@@ -257,17 +261,25 @@ class AttentionAggregator(nn.Module):
 class AMECAMNet(nn.Module):
     """Classifier + aggregator, one ``(B, 2, H, W)`` tensor out (the bundle's inference ``network_def``).
 
-    Channel 0: final AME-CAM map ``minmax(mean(M1, M2, M3, M4, Mf))`` in ``[0, 1]``, 1 = tumour.
+    Channel 0: the final AME-CAM map in ``[0, 1]``, 1 = tumour, zero outside the brain.
     Channel 1: the deepest exit's tumour probability, the same value at every pixel.
 
     Args:
         in_channels: one per modality.
         hidden: hidden channels of the aggregator.
+        fusion: ``mean``, the paper's final map ``minmax(mean(M1, M2, M3, M4, Mf))``; or ``attention``,
+            the attention map Mf alone (as the ``attention`` row of ``amecam evaluate`` scores it).
+            Only inference depends on it: both share the same weights (a bundle records it as
+            ``network_args.fusion``). docs/benchmarks.md section 8 compares the two.
         classifier_kwargs: passed to :class:`MultiExitResNet`.
     """
 
-    def __init__(self, in_channels: int = 1, *, hidden: int = 32, **classifier_kwargs) -> None:
+    def __init__(self, in_channels: int = 1, *, hidden: int = 32, fusion: str = "mean", **classifier_kwargs) -> None:
         super().__init__()
+        if fusion not in FUSION_CHOICES:
+            msg = f"fusion must be one of {', '.join(FUSION_CHOICES)}, got {fusion!r}"
+            raise ValueError(msg)
+        self.fusion = fusion
         self.classifier = MultiExitResNet(in_channels, **classifier_kwargs)
         self.aggregator = AttentionAggregator(n_maps=4, hidden=hidden)
 
@@ -283,7 +295,10 @@ class AMECAMNet(nn.Module):
 
     def _combine(self, x: torch.Tensor, exits: torch.Tensor) -> dict[str, torch.Tensor]:
         mf = self.aggregator.oriented(self.grey(x), exits)
-        final = minmax_per_image(torch.cat([exits, mf], dim=1).mean(dim=1, keepdim=True), brain_region(x))
+        if self.fusion == "attention":
+            final = mf
+        else:
+            final = minmax_per_image(torch.cat([exits, mf], dim=1).mean(dim=1, keepdim=True), brain_region(x))
         return {"exits": exits, "attention": mf, "final": final}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
