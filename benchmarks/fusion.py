@@ -102,7 +102,7 @@ def score_test(network, cases, image_size: int, *, strip_skull: bool = False) ->
         loaded = load_case(case)
         prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=strip_skull)
         shape = loaded.label.shape
-        zs = [z for z in prepared.brain_slices]
+        zs = list(prepared.brain_slices)
         tumour = tumour_slice_indices(loaded.label, range(shape[2]))
         maps = _batched(network, extract_slices(prepared.image, prepared.box, zs, image_size)) if zs else {}
         for rule in RULES:
