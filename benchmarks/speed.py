@@ -2,6 +2,8 @@
 
     python benchmarks/speed.py train      # training throughput and the Dice each pipeline reaches
     python benchmarks/speed.py rescore --runs bench_output/RUN ...   # every map of the networks train runs left
+    python benchmarks/speed.py stage2 --source bench_output/RUN --attention_epochs 12 --out bench_output/NEW
+                                          # stage 2 again, longer, on a train run's frozen classifier
     python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass
     python benchmarks/speed.py boxes      # how wide the brain box (the crop) is on the phantoms
     python benchmarks/speed.py norms --stem_stride 1   # instance norm vs group norm, NCHW vs channels-last
@@ -19,6 +21,10 @@ Grad-CAM (``map_dice``; ``rescore`` does the same for the networks of earlier ru
   ``--stem_stride 1`` is the naive network's own stem (the default of ``amecam train``); with it the
   speed can only come from the rest, e.g. ``--image_size 96``: a crop of the brain at 96 pixels has
   about the pixel size of the naive whole slice at 128, since the brain box is about 3/4 of the slice wide (``boxes``).
+
+``stage2`` trains the attention network of a ``train`` run's amecam pipeline again, from the same
+frozen classifier, slices and seed, for ``--attention_epochs`` epochs, and leaves a run folder that
+``rescore`` and ``fusion.py --runs`` score like any other: how much a longer stage 2 changes the maps.
 
 ``infer`` times ``amecam infer`` end to end in a fresh process (start-up, reading, preprocessing,
 network, writing) against a fresh process that only builds MONAI's ResNet-18 and runs it over the
@@ -223,6 +229,53 @@ def train_benchmark(args) -> dict:
         "train_wall_time": results["naive"]["train_seconds"] / results["amecam"]["train_seconds"],
         "inference_slices_per_s": results["amecam"]["inference_slices_per_s"] / results["naive"]["inference_slices_per_s"],
     }
+    return results
+
+
+def stage2_benchmark(args) -> dict:
+    """Stage 2 of ``--source``'s amecam pipeline again for ``--attention_epochs``, into the run folder ``--out``."""
+    import shutil
+
+    import torch
+    from monai.utils import set_determinism
+
+    from amecam_bundle.scripts.train import AttentionTrainer
+
+    if args.source is None or not (args.source / "train.json").is_file():
+        raise SystemExit("stage2: --source takes the --out folder of a `speed.py train` run")
+    recorded = json.loads((args.source / "train.json").read_text(encoding="utf-8"))
+    if "amecam" not in recorded:
+        raise SystemExit(f"{args.source}: this train run has no amecam pipeline")
+    pipeline = recorded["amecam"]
+    source, folder = args.source / "train" / "amecam", args.out / "train" / "amecam"
+    if (folder / "models" / "model.pt").exists():
+        raise SystemExit(f"{folder}: a stage-2 network is already there; choose another --out")
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    if not (folder / "slices").exists():
+        (folder / "slices").symlink_to((source / "slices").resolve(), target_is_directory=True)
+    shutil.copy2(source / "models" / "classifier.pt", folder / "models" / "classifier.pt")
+    seed = recorded.get("train_seed", 0)
+    set_determinism(seed=seed)
+    started = time.perf_counter()
+    stage2 = AttentionTrainer(_build(pipeline), classifier_weights=str(folder / "models" / "classifier.pt"), epochs=args.attention_epochs,
+                              dataset_dir=str(folder / "slices"), output_dir=str(folder / "models"), batch_size=32, seed=seed,
+                              device="cpu", progress=False, channels_last=pipeline["crop"]).run()
+    seconds = time.perf_counter() - started
+    network = _build(pipeline)
+    network.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu"))
+    if pipeline["crop"]:
+        network = network.to(memory_format=torch.channels_last)
+    _, test = _benchmark_split()
+    map_dice, n_slices, _ = _slice_dice(network, test, pipeline["image_size"], crop=pipeline["crop"])
+    results = {**recorded, "attention_epochs": args.attention_epochs, "stage2_source": str(args.source),
+               "amecam": {**pipeline, "stage2_seconds": seconds, "slice_dice": map_dice["amecam"], "map_dice": map_dice,
+                          "n_test_slices": n_slices, "stage2_best_epoch": stage2.get("best_epoch"),
+                          "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]]))}}
+    results.pop("naive", None)
+    results.pop("speedup", None)
+    results["stage2_command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")  # what rescore and fusion.py read
     return results
 
 
@@ -451,7 +504,7 @@ def norms_benchmark(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("train", "rescore", "infer", "boxes", "norms"))
+    parser.add_argument("part", choices=("train", "stage2", "rescore", "infer", "boxes", "norms"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n_train", type=int, default=16, help="training cases (of the 16); fewer keeps the naive run short")
     parser.add_argument("--attention_epochs", type=int, default=3)
@@ -464,6 +517,7 @@ def main() -> None:
     parser.add_argument("--train_seed", type=int, default=0,
                         help="train: seed of the initial weights, data order and augmentation (cohort, split and slices stay seed 0)")
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="rescore: the --out folders of earlier train runs")
+    parser.add_argument("--source", type=Path, help="stage2: the --out folder of the train run whose classifier is reused")
     parser.add_argument("--fresh", action="store_true", help="rescore: score again even where a run's scores are kept")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--versus", type=Path, nargs="*", default=[],
@@ -471,7 +525,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     args = parser.parse_args()
-    results = {"train": train_benchmark, "rescore": rescore_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark, "norms": norms_benchmark}[args.part](args)
+    results = {"train": train_benchmark, "stage2": stage2_benchmark, "rescore": rescore_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark, "norms": norms_benchmark}[args.part](args)
     results["machine"] = machine()
     results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
     args.out.mkdir(parents=True, exist_ok=True)
