@@ -117,9 +117,7 @@ def score_test(network, cases, image_size: int, *, strip_skull: bool = False) ->
 
 def _speed_run(run: Path):
     """Network, slice dataset, test cases and image size of a ``speed.py train`` run (its amecam pipeline)."""
-    import torch
-
-    from speed import _benchmark_split, _build
+    from speed import _benchmark_split, _load_network
 
     recorded = json.loads((run / "train.json").read_text(encoding="utf-8"))
     if "amecam" not in recorded:
@@ -127,11 +125,10 @@ def _speed_run(run: Path):
     pipeline = recorded["amecam"]
     if not pipeline["crop"]:
         raise SystemExit(f"{run}: a run without the crop to the brain is not supported here")
-    network = _build(pipeline)
-    network.load_state_dict(torch.load(run / "train" / "amecam" / "models" / "model.pt", map_location="cpu"))
+    network = _load_network(pipeline, run / "train" / "amecam" / "models" / "model.pt")
     _, test = _benchmark_split()
     label = f"{run.name} (seed {recorded.get('train_seed', 0)}, {pipeline['image_size']} px, stem {pipeline['stem_stride']})"
-    return label, network.eval(), run / "train" / "amecam" / "slices", test, pipeline["image_size"], False
+    return label, network, run / "train" / "amecam" / "slices", test, pipeline["image_size"], False
 
 
 def _bundle_run(spec: str):

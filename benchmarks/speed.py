@@ -154,6 +154,17 @@ def _build(pipeline: dict):
     return _with_norm(AMECAMNet(1, stem_stride=pipeline["stem_stride"]), norm)
 
 
+
+def _load_network(pipeline: dict, weights: Path):
+    """The trained network of one pipeline of a ``train`` run, in eval mode; channels-last where the pipeline is."""
+    import torch
+
+    network = _build(pipeline)
+    network.load_state_dict(torch.load(weights, map_location="cpu"))
+    if pipeline["crop"]:  # the shipped pipeline's layout (values are the same either way)
+        network = network.to(memory_format=torch.channels_last)
+    return network.eval()
+
 def _benchmark_split():
     """The (train, test) cases of the synthetic benchmark cohort (seed 0, 6 test cases), synthesised if missing."""
     from amecam_cli.cases import find_cases
@@ -236,7 +247,6 @@ def stage2_benchmark(args) -> dict:
     """Stage 2 of ``--source``'s amecam pipeline again for ``--attention_epochs``, into the run folder ``--out``."""
     import shutil
 
-    import torch
     from monai.utils import set_determinism
 
     from amecam_bundle.scripts.train import AttentionTrainer
@@ -261,14 +271,11 @@ def stage2_benchmark(args) -> dict:
                               dataset_dir=str(folder / "slices"), output_dir=str(folder / "models"), batch_size=32, seed=seed,
                               device="cpu", progress=False, channels_last=pipeline["crop"]).run()
     seconds = time.perf_counter() - started
-    network = _build(pipeline)
-    network.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu"))
-    if pipeline["crop"]:
-        network = network.to(memory_format=torch.channels_last)
     _, test = _benchmark_split()
+    network = _load_network(pipeline, folder / "models" / "model.pt")
     map_dice, n_slices, _ = _slice_dice(network, test, pipeline["image_size"], crop=pipeline["crop"])
     results = {**recorded, "attention_epochs": args.attention_epochs, "stage2_source": str(args.source),
-               "amecam": {**pipeline, "stage2_seconds": seconds, "slice_dice": map_dice["amecam"], "map_dice": map_dice,
+               "amecam": {**pipeline, "stage2_seconds": seconds, "train_seconds": pipeline["stage1_seconds"] + seconds, "slice_dice": map_dice["amecam"], "map_dice": map_dice,
                           "n_test_slices": n_slices, "stage2_best_epoch": stage2.get("best_epoch"),
                           "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]]))}}
     results.pop("naive", None)
@@ -286,8 +293,6 @@ def rescore_benchmark(args) -> dict:
     (naive, or amecam with its size, crop and stem) the mean, minimum and maximum over the runs (seeds).
     A run's scores are kept beside its weights (``models/rescore.json``) and reused unless ``--fresh``.
     """
-    import torch
-
     if not args.runs:
         raise SystemExit("rescore: name the --out folders of earlier train runs with --runs")
     for run in args.runs:
@@ -307,10 +312,7 @@ def rescore_benchmark(args) -> dict:
             if set(cached.get("map_dice", {})) == set(SCORED_MAPS) and cached.get("weights_mtime") == weights.stat().st_mtime:
                 map_dice, n_slices = cached["map_dice"], cached["n_test_slices"]
             else:
-                network = _build(pipeline)
-                network.load_state_dict(torch.load(weights, map_location="cpu"))
-                if pipeline["crop"]:
-                    network = network.to(memory_format=torch.channels_last)
+                network = _load_network(pipeline, weights)
                 map_dice, n_slices, _ = _slice_dice(network, test, pipeline["image_size"], crop=pipeline["crop"])
                 cache.write_text(json.dumps({"map_dice": map_dice, "n_test_slices": n_slices, "weights_mtime": weights.stat().st_mtime},
                                             indent=1) + "\n", encoding="utf-8")
