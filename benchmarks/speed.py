@@ -154,7 +154,6 @@ def _build(pipeline: dict):
     return _with_norm(AMECAMNet(1, stem_stride=pipeline["stem_stride"]), norm)
 
 
-
 def _load_network(pipeline: dict, weights: Path):
     """The trained network of one pipeline of a ``train`` run, in eval mode; channels-last where the pipeline is."""
     import torch
@@ -164,6 +163,7 @@ def _load_network(pipeline: dict, weights: Path):
     if pipeline["crop"]:  # the shipped pipeline's layout (values are the same either way)
         network = network.to(memory_format=torch.channels_last)
     return network.eval()
+
 
 def _benchmark_split():
     """The (train, test) cases of the synthetic benchmark cohort (seed 0, 6 test cases), synthesised if missing."""
@@ -253,11 +253,17 @@ def stage2_benchmark(args) -> dict:
 
     if args.source is None or not (args.source / "train.json").is_file():
         raise SystemExit("stage2: --source takes the --out folder of a `speed.py train` run")
-    recorded = json.loads((args.source / "train.json").read_text(encoding="utf-8"))
-    if "amecam" not in recorded:
+    try:
+        recorded = json.loads((args.source / "train.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{args.source / 'train.json'}: cannot read ({exc})") from None
+    if not isinstance(recorded, dict) or "amecam" not in recorded:
         raise SystemExit(f"{args.source}: this train run has no amecam pipeline")
     pipeline = recorded["amecam"]
     source, folder = args.source / "train" / "amecam", args.out / "train" / "amecam"
+    for needed in (source / "models" / "classifier.pt", source / "slices" / "manifest.csv"):
+        if not needed.is_file():
+            raise SystemExit(f"{needed}: missing; --source must be a finished `speed.py train` run")
     if (folder / "models" / "model.pt").exists():
         raise SystemExit(f"{folder}: a stage-2 network is already there; choose another --out")
     (folder / "models").mkdir(parents=True, exist_ok=True)
