@@ -22,6 +22,9 @@ Grad-CAM (``map_dice``; ``rescore`` does the same for the networks of earlier ru
   speed can only come from the rest, e.g. ``--image_size 96``: a crop of the brain at 96 pixels has
   about the pixel size of the naive whole slice at 128, since the brain box is about 3/4 of the slice wide (``boxes``).
 
+``--pretrain_epochs N`` runs SimCLR pretraining of the encoder first (stage 0, as ``amecam train --pretrain
+simclr`` does) and starts stage 1 from it; its time is in ``stage0_seconds`` and ``train_seconds``.
+
 ``stage2`` trains the attention network of a ``train`` run's amecam pipeline again, from the same
 frozen classifier, slices and seed, for ``--attention_epochs`` epochs, and leaves a run folder that
 ``rescore`` and ``fusion.py --runs`` score like any other: how much a longer stage 2 changes the maps.
@@ -181,7 +184,7 @@ def train_benchmark(args) -> dict:
     from monai.utils import set_determinism
 
     from amecam_bundle.scripts.networks import AMECAMNet, FastInstanceNorm2d, MultiExitResNet
-    from amecam_bundle.scripts.train import AttentionTrainer, ClassifierTrainer
+    from amecam_bundle.scripts.train import AttentionTrainer, ClassifierTrainer, SimCLRTrainer
 
     from amecam_cli.slicing import SliceSettings, slice_dataset
 
@@ -189,7 +192,7 @@ def train_benchmark(args) -> dict:
     train, test = _benchmark_split()
     train = train[: args.n_train]
     results = {"n_train_cases": len(train), "n_test_cases": len(test), "epochs": args.epochs, "attention_epochs": args.attention_epochs,
-               "train_seed": args.train_seed}
+               "pretrain_epochs": args.pretrain_epochs, "train_seed": args.train_seed}
     for name in args.pipelines.split(","):
         folder = out / name
         naive = name == "naive"
@@ -208,9 +211,15 @@ def train_benchmark(args) -> dict:
 
         common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=args.train_seed, device="cpu",
                       progress=False, channels_last=not naive)
+        t0, pretrained = 0.0, None
+        if args.pretrain_epochs:  # stage 0 as `amecam train --pretrain simclr` runs it (batch and seed as stage 1)
+            set_determinism(seed=args.train_seed)
+            started = time.perf_counter()
+            SimCLRTrainer(build(MultiExitResNet), epochs=args.pretrain_epochs, **common).run()
+            t0, pretrained = time.perf_counter() - started, str(folder / "models" / "simclr_encoder.pt")
         set_determinism(seed=args.train_seed)  # the initial weights too, as the bundle's training configs do
         started = time.perf_counter()
-        stage1 = ClassifierTrainer(build(MultiExitResNet), epochs=args.epochs, balance=not naive, **common).run()
+        stage1 = ClassifierTrainer(build(MultiExitResNet), epochs=args.epochs, balance=not naive, pretrained=pretrained, **common).run()
         t1 = time.perf_counter() - started
         set_determinism(seed=args.train_seed)
         started = time.perf_counter()
@@ -224,7 +233,7 @@ def train_benchmark(args) -> dict:
         map_dice, n_slices, maps_per_s = _slice_dice(network, test, size, crop=crop)
         history = stage1["history"]
         results[name] = {
-            "stage1_seconds": t1, "stage2_seconds": t2, "train_seconds": t1 + t2,
+            "stage0_seconds": t0, "stage1_seconds": t1, "stage2_seconds": t2, "train_seconds": t0 + t1 + t2,
             "stage1_slices_per_epoch": int(np.mean([h["train_slices_per_s"] * h["seconds"] for h in history])),
             "stage1_slices_per_s": float(np.median([h["train_slices_per_s"] for h in history])),
             "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]])),
@@ -281,7 +290,7 @@ def stage2_benchmark(args) -> dict:
     network = _load_network(pipeline, folder / "models" / "model.pt")
     map_dice, n_slices, _ = _slice_dice(network, test, pipeline["image_size"], crop=pipeline["crop"])
     results = {**recorded, "attention_epochs": args.attention_epochs, "stage2_source": str(args.source),
-               "amecam": {**pipeline, "stage2_seconds": seconds, "train_seconds": pipeline["stage1_seconds"] + seconds, "slice_dice": map_dice["amecam"], "map_dice": map_dice,
+               "amecam": {**pipeline, "stage2_seconds": seconds, "train_seconds": pipeline.get("stage0_seconds", 0.0) + pipeline["stage1_seconds"] + seconds, "slice_dice": map_dice["amecam"], "map_dice": map_dice,
                           "n_test_slices": n_slices, "stage2_best_epoch": stage2.get("best_epoch"),
                           "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]]))}}
     results.pop("naive", None)
@@ -516,6 +525,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n_train", type=int, default=16, help="training cases (of the 16); fewer keeps the naive run short")
     parser.add_argument("--attention_epochs", type=int, default=3)
+    parser.add_argument("--pretrain_epochs", type=int, default=0,
+                        help="train: SimCLR epochs before stage 1 (stage 0 of `amecam train --pretrain simclr`; 0 = none)")
     parser.add_argument("--stem_stride", type=int, choices=(1, 2), default=2, help="train: the amecam pipeline's stem stride")
     parser.add_argument("--image_size", type=int, default=128, help="train: the amecam pipeline's slice side (the naive one stays 128)")
     parser.add_argument("--no_crop", action="store_true",
