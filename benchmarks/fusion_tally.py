@@ -30,7 +30,7 @@ EXITS = ("exit1", "exit2", "exit3", "exit4")
 VALUES = ("paper", "attention", *EXITS)
 GROUPS = {
     "synthetic_flair": "synthetic FLAIR",
-    "synthetic_flair_full": "synthetic FLAIR, full length (sections 7, 8, 8c)",
+    "synthetic_flair_full": "synthetic FLAIR, full length (sections 7, 8, 8c, 8d)",
     "synthetic_other": "synthetic T1ce, T2, T1",
     "lgg": "real LGG FLAIR",
     "crf": "the maps + DenseCRF",
