@@ -28,6 +28,7 @@ from pathlib import Path
 DEFAULT_CSV = Path(__file__).with_name("fusion_tally.csv")
 EXITS = ("exit1", "exit2", "exit3", "exit4")
 VALUES = ("paper", "attention", *EXITS)
+COLUMNS = ("section", "run", "group", "full_length", *VALUES)
 GROUPS = {
     "synthetic_flair": "synthetic FLAIR",
     "synthetic_flair_full": "synthetic FLAIR, full length (sections 7, 8, 8c, 8d)",
@@ -42,16 +43,22 @@ def load_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise SystemExit(f"{path}: no such file")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    reader = csv.DictReader(lines)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {', '.join(missing)}")
     rows = []
-    for number, row in enumerate(csv.DictReader(lines), start=2):
+    for number, row in enumerate(reader, start=1):
         try:
             for key in VALUES:
                 row[key] = float(row[key]) if row[key] else None
         except (TypeError, ValueError) as err:
-            raise SystemExit(f"{path}: data row {number - 1}: {err}") from None
+            raise SystemExit(f"{path}: data row {number}: {err}") from None
         if row["paper"] is None or row["attention"] is None:
-            raise SystemExit(f"{path}: data row {number - 1} ({row['run']}): paper and attention are required")
+            raise SystemExit(f"{path}: data row {number} ({row['run']}): paper and attention are required")
         rows.append(row)
+    if not rows:
+        raise SystemExit(f"{path}: no runs")
     return rows
 
 

@@ -544,6 +544,9 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     args = parser.parse_args()
+    for name, least in (("epochs", 1), ("attention_epochs", 1), ("n_train", 1), ("pretrain_epochs", 0)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} must be >= {least}, got {getattr(args, name)}")
     results = {"train": train_benchmark, "stage2": stage2_benchmark, "rescore": rescore_benchmark, "infer": infer_benchmark, "boxes": boxes_benchmark, "norms": norms_benchmark}[args.part](args)
     results["machine"] = machine()
     results["command"] = f"python benchmarks/speed.py {' '.join(sys.argv[1:])}"
