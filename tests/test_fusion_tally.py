@@ -80,6 +80,30 @@ def test_section_8_prints_the_computed_exit_counts(tally):
     groups = tally.grouped(tally.load_rows(tally.DEFAULT_CSV))
     section = tally.section_text(DOCS.read_text(encoding="utf-8"), "8")
     lines = tally.exit_table(groups)[2:]
-    assert len(lines) == 5
+    assert len(lines) == 6
+    for line in lines:
+        assert line in section
+
+
+def test_per_exit_table_pairs_each_run(tally):
+    rows = [
+        {"paper": 0.70, "attention": 0.80, "exit1": 0.60, "exit2": 0.75, "exit3": 0.50, "exit4": 0.40},
+        {"paper": 0.60, "attention": 0.65, "exit1": 0.70, "exit2": 0.55, "exit3": 0.50, "exit4": 0.40},
+        {"paper": 0.50, "attention": 0.60, "exit1": 0.30, "exit2": None, "exit3": 0.50, "exit4": 0.40},
+    ]
+    lines = tally.per_exit_table({"lgg": rows})
+    assert len(lines) == 4  # header, rule, the paper's map, Mf; the third run lacks Exit 2
+    # paper - exit1: +10 and -10 points -> mean 0, sd 14.14, se 10.0, higher in 1
+    # paper - exit2: -5 and +5 -> 0 ± 5.0 (1); Mf - exit2: +5, +10 -> +7.5 ± 2.5 (2)
+    assert lines[2] == "| real LGG FLAIR: 2 | paper's map | +0.0 ± 10.0 (1) | +0.0 ± 5.0 (1) | +15.0 ± 5.0 (2) | +25.0 ± 5.0 (2) |"
+    assert lines[3].split(" | ")[3] == "+7.5 ± 2.5 (2)"
+    assert tally.per_exit_table({"lgg": rows[:1] + rows[2:]}) == lines[:2]  # one full run: no standard error
+
+
+def test_section_8_prints_the_per_exit_comparison(tally):
+    groups = tally.grouped(tally.load_rows(tally.DEFAULT_CSV))
+    section = tally.section_text(DOCS.read_text(encoding="utf-8"), "8")
+    lines = tally.per_exit_table(groups)[2:]
+    assert len(lines) == 12
     for line in lines:
         assert line in section
