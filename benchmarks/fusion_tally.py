@@ -61,6 +61,8 @@ def load_rows(path: Path) -> list[dict]:
         try:
             for key in VALUES:
                 row[key] = float(row[key]) if row[key] else None
+                if row[key] is not None and not 0.0 <= row[key] <= 1.0:  # also refuses nan
+                    raise ValueError(f"{key} {row[key]} is not a Dice in [0, 1]")
         except (TypeError, ValueError) as err:
             raise SystemExit(f"{path}: data row {number}: {err}") from None
         if row["paper"] is None or row["attention"] is None:

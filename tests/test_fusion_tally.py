@@ -66,6 +66,10 @@ def test_a_bad_csv_is_one_line(tally, tmp_path):
     path.write_text("section,run,group,full_length,paper,attention,exit1,exit2,exit3,exit4\n1,x,lgg,0,abc,0.5,,,,\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="data row 1"):
         tally.load_rows(path)
+    for bad in ("nan", "1.5", "-0.1"):
+        path.write_text(f"section,run,group,full_length,paper,attention,exit1,exit2,exit3,exit4\n1,x,lgg,0,0.4,{bad},,,,\n", encoding="utf-8")
+        with pytest.raises(SystemExit, match=r"data row 1: attention .* is not a Dice in \[0, 1\]"):
+            tally.load_rows(path)
     path.write_text("section,run,group,paper,attention\n1,x,lgg,0.4,0.5\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="missing column.*full_length"):
         tally.load_rows(path)
