@@ -84,7 +84,7 @@ def test_section_8_prints_the_computed_exit_counts(tally):
     groups = tally.grouped(tally.load_rows(tally.DEFAULT_CSV))
     section = tally.section_text(DOCS.read_text(encoding="utf-8"), "8")
     lines = tally.exit_table(groups)[2:]
-    assert len(lines) == 6
+    assert len(lines) == 6  # the groups of exit_table
     for line in lines:
         assert line in section
 
