@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_CSV = Path(__file__).with_name("fusion_tally.csv")
-# the sections whose synthetic runs are `amecam train`'s defaults (20 + 6 epochs, no SimCLR), seeds 0-4
+# the sections whose synthetic runs are `amecam train`'s defaults (20 + 6 epochs, no SimCLR), seeds 0-6
 SHIPPED_RECIPE_SECTIONS = ("8c", "8e")
 EXITS = ("exit1", "exit2", "exit3", "exit4")
 VALUES = ("paper", "attention", *EXITS)
@@ -117,6 +117,7 @@ def exit_table(groups: dict[str, list[dict]]) -> list[str]:
 
 
 def per_exit_table(groups: dict[str, list[dict]]) -> list[str]:
+    """Table 3 of the module docstring; groups with fewer than two full runs are left out."""
     heads = " | ".join(f"vs Exit {k}" for k in range(1, len(EXITS) + 1))
     out = [f"| runs with all four exits | map | {heads} |", "|---|---|" + "---|" * len(EXITS)]
     for key, rows in groups.items():
