@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_CSV = Path(__file__).with_name("fusion_tally.csv")
-# the sections whose synthetic runs are `amecam train`'s defaults (20 + 6 epochs, no SimCLR), seeds 0-6
+# the sections whose synthetic runs use `amecam train`'s default epochs (20 + 6, no SimCLR; 96-px crop, where
+# the command's default is 128), seeds 0-6: one configuration, so its rows describe one recipe over seeds
 SHIPPED_RECIPE_SECTIONS = ("8c", "8e")
 EXITS = ("exit1", "exit2", "exit3", "exit4")
 VALUES = ("paper", "attention", *EXITS)
@@ -40,7 +41,7 @@ COLUMNS = ("section", "run", "group", "full_length", *VALUES)
 GROUPS = {
     "synthetic_flair": "synthetic FLAIR",
     "synthetic_flair_full": "synthetic FLAIR, full length (sections 7, 8, 8c, 8d, 8e)",
-    "synthetic_flair_default": "synthetic FLAIR, the shipped recipe (20 + 6 epochs, no pretraining; 8c, 8e)",
+    "synthetic_flair_default": "synthetic FLAIR, the default epochs (20 + 6, 96 px, no pretraining; 8c, 8e)",
     "synthetic_other": "synthetic T1ce, T2, T1",
     "lgg": "real LGG FLAIR",
     "crf": "the maps + DenseCRF",
