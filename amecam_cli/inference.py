@@ -20,7 +20,7 @@ from amecam_bundle.scripts.preprocess import from_canonical
 from .bundle import LoadedBundle, open_bundle
 from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases, load_case, parse_modalities
 from .errors import AmecamError
-from .io import NIFTI_SUFFIXES, check_writable, volume_suffix, write_volume
+from .io import NIFTI_SUFFIXES, check_outputs_apart, check_writable, volume_suffix, write_volume
 
 __all__ = ["InferenceJob", "plan_jobs", "run_inference"]
 
@@ -106,6 +106,8 @@ def plan_jobs(
                 suffix = volume_suffix(first) if first.is_file() else ".nii.gz"
                 jobs.append(InferenceJob(case, output / f"{case.case_id}_mask{suffix}",
                                          (save_cam / f"{case.case_id}_cam{suffix}") if save_cam else None))
+    inputs = [path for job in jobs for path in (*job.case.images.values(), job.case.label, job.case.brainmask)]
+    check_outputs_apart([path for job in jobs for path in (job.mask_path, job.cam_path)], inputs)
     for job in jobs:
         check_writable(job.mask_path, overwrite=overwrite)
         if job.cam_path is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "SITK_SUFFIXES",
     "VolumeProperties",
     "atomic_path",
+    "check_outputs_apart",
     "check_writable",
     "output_format",
     "read_volume",
@@ -240,6 +241,29 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         raise AmecamError(f"{path}: output folder {parent} is not writable")
     return path
 
+
+
+def check_outputs_apart(outputs, inputs=()) -> None:
+    """Fail before any work if an output would land on an input or two outputs on one file.
+
+    ``--overwrite`` allows replacing an earlier *result*; it never allows destroying the volume being
+    segmented, nor writing a mask and then a map over it in the same run. Paths are compared after
+    resolving links, so ``./a.nii.gz`` and ``a.nii.gz`` are the same file.
+
+    Raises:
+        AmecamError: naming the output and what it collides with.
+    """
+    sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
+    written: dict[Path, Path] = {}
+    for out in outputs:
+        if out is None:
+            continue
+        key = Path(out).resolve()
+        if key in sources:
+            raise AmecamError(f"{out}: this is one of the inputs; writing the result there would destroy it, choose another name")
+        if key in written:
+            raise AmecamError(f"{out}: two results would be written to this one file; give the mask and the map different names")
+        written[key] = Path(out)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

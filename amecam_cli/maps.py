@@ -133,10 +133,11 @@ def refine_with_crf(
     from amecam_bundle.scripts.postprocess import CRFParams, crf_refine_volume
     from amecam_bundle.scripts.preprocess import from_canonical, prepare_volume, to_canonical
 
-    from .io import check_writable, read_volume, write_volume
+    from .io import check_outputs_apart, check_writable, read_volume, write_volume
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {threshold}")
+    check_outputs_apart([output], [image, cam])
     check_writable(output, overwrite=overwrite)
     array, props = read_volume(image)
     heat, heat_props = read_volume(cam)

@@ -124,7 +124,7 @@ def train_segmentation(
     base = dict(training.get("settings", {}))
     saved = _saved_settings(output) if resume else None
     if saved is None:
-        _prepare_run_folder(output, overwrite=overwrite)
+        _prepare_run_folder(output, keep=[data, Path(bundle_path)], overwrite=overwrite)
         configs = output / "configs"
         shutil.move(str(configs / "inference_seg.yaml"), configs / "inference.yaml")
         for name in configs.glob("train_stage*.yaml"):

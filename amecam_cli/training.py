@@ -19,7 +19,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .bundle import _purge_scripts_modules, copy_template, read_metadata, write_metadata
@@ -246,13 +246,21 @@ def _saved_settings(output: Path) -> dict:
     return json.loads(settings_path.read_text(encoding="utf-8"))
 
 
-def _prepare_run_folder(output: Path, *, overwrite: bool) -> None:
-    """Check that a new run may use ``output`` and copy the bundle template into it."""
+def _prepare_run_folder(output: Path, *, keep: Sequence[Path] = (), overwrite: bool) -> None:
+    """Check that a new run may use ``output`` and copy the bundle template into it.
+
+    ``keep``: the run's inputs (its data, the bundle it starts from); ``--overwrite`` is refused when one
+    of them lies in ``output``, since clearing the folder would delete it.
+    """
     if output.exists() and not output.is_dir():
         raise AmecamError(f"{output}: exists and is not a folder")
     if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise AmecamError(f"{output}: folder is not empty; pass --resume to continue that run or --overwrite to start again")
+        for path in keep:
+            where = Path(path).resolve()
+            if where == output.resolve() or output.resolve() in where.parents:
+                raise AmecamError(f"{path}: this input lies inside {output}, which --overwrite would clear; write the run to another folder")
         for name in ("configs", "scripts", "docs", "models", "slices", "logs", "LICENSE"):
             target = output / name
             if target.is_dir():
@@ -446,7 +454,7 @@ def train_bundle(
     if resume and resolved.fusion != "mean":
         _check_configs_take_fusion(output, resolved.fusion)
     if not resume:
-        _prepare_run_folder(output, overwrite=overwrite)
+        _prepare_run_folder(output, keep=[data], overwrite=overwrite)
     (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)

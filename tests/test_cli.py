@@ -152,6 +152,29 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     assert code == 0, err
 
 
+def test_overwrite_never_destroys_an_input_or_collides(capsys, tmp_path, tiny_bundle, monkeypatch):
+    """--overwrite replaces earlier results, never the volume being read; a mask and a map never share a file."""
+    from .conftest import planted_case
+
+    monkeypatch.chdir(tmp_path)
+    image, _ = planted_case(seed=2)
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image.astype(np.int16))
+    before = src.read_bytes()
+    cases = [
+        (["infer", "p_flair.nii.gz", "-o", "./p_flair.nii.gz", "--bundle", str(tiny_bundle), "--overwrite"], "p_flair.nii.gz: this is one of the inputs"),
+        (["infer", str(src), "-o", "m.nii.gz", "--save_cam", str(src), "--bundle", str(tiny_bundle), "--overwrite"], "this is one of the inputs"),
+        (["infer", str(src), "-o", "m.nii.gz", "--save_cam", "./m.nii.gz", "--bundle", str(tiny_bundle)], "two results would be written to this one file"),
+        (["cam", str(src), "-o", str(src), "--bundle", str(tiny_bundle), "--overwrite"], "this is one of the inputs"),
+        (["crf", str(src), str(src), "-o", str(src), "--overwrite"], "this is one of the inputs"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        errors = [line for line in err.splitlines() if line.startswith("amecam: error:")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], (argv, err)
+    assert src.read_bytes() == before
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
 def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset):
     import json
 

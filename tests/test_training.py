@@ -81,6 +81,13 @@ def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_da
     with pytest.raises(AmecamError, match="--stem_stride must be"):
         train_bundle(tiny_dataset, tmp_path / "typo", settings={**TINY_SETTINGS, "stem_stride": 3})
     assert not (tmp_path / "typo").exists()
+    # --overwrite clears the run folder's slices/, models/...: never when the data lives in there
+    import shutil
+
+    shutil.copytree(tiny_dataset, tmp_path / "project" / "slices")
+    with pytest.raises(AmecamError, match="this input lies inside .*project, which --overwrite would clear"):
+        train_bundle(tmp_path / "project" / "slices", tmp_path / "project", settings=dict(TINY_SETTINGS), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "project" / "slices").iterdir()) == sorted(p.name for p in tiny_dataset.iterdir())
 
 
 def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
@@ -216,6 +223,29 @@ def test_resume_with_fusion_attention_switches_a_finished_bundle_to_mf_without_r
     cam = nib.load(str(tmp_path / "cam.nii.gz")).get_fdata()
     mask = nib.load(str(tmp_path / "m.nii.gz")).get_fdata()
     np.testing.assert_array_equal(mask > 0, cam >= 0.5)
+
+
+
+def test_bundle_predict_files_never_writes_over_its_input(tmp_path, tiny_bundle):
+    """The bundle's own writer (python -m monai.bundle run) refuses an output that is an input image,
+    even with overwrite, and a mask and map on one file, before any work."""
+    import shutil
+
+    from amecam_cli.bundle import open_bundle
+
+    case = tmp_path / "p_flair.nii.gz"
+    shutil.copy(tiny_bundle.parent / "data" / "CASE_00" / "CASE_00_flair.nii.gz", case)
+    before = case.read_bytes()
+    predictor = open_bundle(tiny_bundle).predictor(device="cpu")
+    with pytest.raises(ValueError, match="one of the input images"):
+        predictor.predict_files(str(case), str(tmp_path / "." / "p_flair.nii.gz"), overwrite=True)
+    with pytest.raises(ValueError, match="one of the input images"):
+        predictor.predict_files(str(case), str(tmp_path / "m.nii.gz"), str(case), overwrite=True)
+    with pytest.raises(ValueError, match="the mask and the map cannot be written to the same file"):
+        predictor.predict_files(str(case), str(tmp_path / "m.nii.gz"), str(tmp_path / "m.nii.gz"))
+    with pytest.raises(ValueError, match="output must name the mask file"):
+        predictor.predict_files(str(case), "")
+    assert case.read_bytes() == before and not (tmp_path / "m.nii.gz").exists()
 
 
 def test_fusion_is_refused_on_a_run_whose_configs_predate_it(tmp_path, tiny_bundle, capsys):

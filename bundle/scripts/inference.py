@@ -218,6 +218,17 @@ class VolumePredictor:
         if not files:
             msg = "images must name at least one NIfTI file"
             raise ValueError(msg)
+        if not output:
+            msg = "output must name the mask file to write (--output mask.nii.gz)"
+            raise ValueError(msg)
+        sources = {Path(name).resolve() for name in files}
+        for path in (output, cam_output):
+            if path and Path(path).resolve() in sources:
+                msg = f"{path}: this is one of the input images; writing the result there would destroy it"
+                raise ValueError(msg)
+        if cam_output and Path(cam_output).resolve() == Path(output).resolve():
+            msg = f"{cam_output}: the mask and the map cannot be written to the same file"
+            raise ValueError(msg)
         arrays, reference = [], None
         for name in files:
             if not Path(name).is_file():
