@@ -602,9 +602,19 @@ def _commands() -> dict:
     }
 
 
+class _PlainFormatter(logging.Formatter):
+    """``amecam: message``, with ``warning:`` or ``error:`` in front so that those stand out from progress."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"amecam: error: {text}"
+        return f"amecam: warning: {text}" if record.levelno >= logging.WARNING else f"amecam: {text}"
+
+
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("amecam: %(message)s" if not debug else "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setFormatter(_PlainFormatter("%(message)s") if not debug else logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)

@@ -152,6 +152,24 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     assert code == 0, err
 
 
+def test_infer_warns_on_a_blank_volume(capsys, tmp_path, tiny_bundle):
+    """A blank volume (a failed conversion, say) has no brain to segment: the empty mask it gets is
+    written, and a warning line says why, instead of a plain "0.0 ml" that reads like a tumour-free scan."""
+    import nibabel as nib
+
+    src = save_nifti(tmp_path / "blank_flair.nii.gz", np.zeros((24, 24, 12), dtype=np.int16))
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle))
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("amecam: warning:")]
+    assert len(warnings) == 1 and "no slice has enough brain to segment" in warnings[0], err
+    assert not np.asanyarray(nib.load(str(tmp_path / "m.nii.gz")).dataobj).any()
+    image = np.zeros((24, 24, 12), dtype=np.int16)
+    image[4:20, 4:20, :] = 100
+    src = save_nifti(tmp_path / "head_flair.nii.gz", image)
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "h.nii.gz"), "--bundle", str(tiny_bundle))
+    assert code == 0 and "warning" not in err, err
+
+
 def test_overwrite_never_destroys_an_input_or_collides(capsys, tmp_path, tiny_bundle, monkeypatch):
     """--overwrite replaces earlier results, never the volume being read; a mask and a map never share a file."""
     from .conftest import planted_case
