@@ -17,7 +17,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -242,8 +242,7 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     return path
 
 
-
-def check_outputs_apart(outputs, inputs=()) -> None:
+def check_outputs_apart(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike | None] = ()) -> None:
     """Fail before any work if an output would land on an input or two outputs on one file.
 
     ``--overwrite`` allows replacing an earlier *result*; it never allows destroying the volume being
@@ -251,7 +250,7 @@ def check_outputs_apart(outputs, inputs=()) -> None:
     resolving links, so ``./a.nii.gz`` and ``a.nii.gz`` are the same file.
 
     Raises:
-        AmecamError: naming the output and what it collides with.
+        AmecamError: naming the output that collides.
     """
     sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
     written: dict[Path, Path] = {}
@@ -264,6 +263,7 @@ def check_outputs_apart(outputs, inputs=()) -> None:
         if key in written:
             raise AmecamError(f"{out}: two results would be written to this one file; give the mask and the map different names")
         written[key] = Path(out)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -246,22 +246,27 @@ def _saved_settings(output: Path) -> dict:
     return json.loads(settings_path.read_text(encoding="utf-8"))
 
 
+# what --overwrite removes from a used run folder before a new run (anything else there is left alone)
+_RUN_ENTRIES = ("configs", "scripts", "docs", "models", "slices", "logs", "LICENSE")
+
+
 def _prepare_run_folder(output: Path, *, keep: Sequence[Path] = (), overwrite: bool) -> None:
     """Check that a new run may use ``output`` and copy the bundle template into it.
 
     ``keep``: the run's inputs (its data, the bundle it starts from); ``--overwrite`` is refused when one
-    of them lies in ``output``, since clearing the folder would delete it.
+    of them is ``output`` itself or lies in an entry it would clear (:data:`_RUN_ENTRIES`).
     """
     if output.exists() and not output.is_dir():
         raise AmecamError(f"{output}: exists and is not a folder")
     if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise AmecamError(f"{output}: folder is not empty; pass --resume to continue that run or --overwrite to start again")
+        cleared = [(output / name).resolve() for name in _RUN_ENTRIES]
         for path in keep:
             where = Path(path).resolve()
-            if where == output.resolve() or output.resolve() in where.parents:
+            if where == output.resolve() or any(where == c or c in where.parents for c in cleared):
                 raise AmecamError(f"{path}: this input lies inside {output}, which --overwrite would clear; write the run to another folder")
-        for name in ("configs", "scripts", "docs", "models", "slices", "logs", "LICENSE"):
+        for name in _RUN_ENTRIES:
             target = output / name
             if target.is_dir():
                 shutil.rmtree(target)
