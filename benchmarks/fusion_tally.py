@@ -32,16 +32,16 @@ import sys
 from pathlib import Path
 
 DEFAULT_CSV = Path(__file__).with_name("fusion_tally.csv")
-# the sections whose synthetic runs use `amecam train`'s default epochs (20 + 6, no SimCLR; 96-px crop, where
-# the command's default is 128), seeds 0-6: one configuration, so its rows describe one recipe over seeds
-SHIPPED_RECIPE_SECTIONS = ("8c", "8e")
+# the sections whose synthetic runs share one configuration, seeds 0-6: 20 stage-1 and 6 stage-2 epochs, 96-px
+# crop, no SimCLR (`amecam train` defaults to 20 + 8 at 128 px), so their rows describe one recipe over seeds
+SEED_SERIES_SECTIONS = ("8c", "8e")
 EXITS = ("exit1", "exit2", "exit3", "exit4")
 VALUES = ("paper", "attention", *EXITS)
 COLUMNS = ("section", "run", "group", "full_length", *VALUES)
 GROUPS = {
     "synthetic_flair": "synthetic FLAIR",
     "synthetic_flair_full": "synthetic FLAIR, full length (sections 7, 8, 8c, 8d, 8e)",
-    "synthetic_flair_default": "synthetic FLAIR, the default epochs (20 + 6, 96 px, no pretraining; 8c, 8e)",
+    "synthetic_flair_series": "synthetic FLAIR, 20 + 6 epochs, 96 px, no pretraining (8c, 8e)",
     "synthetic_other": "synthetic T1ce, T2, T1",
     "lgg": "real LGG FLAIR",
     "crf": "the maps + DenseCRF",
@@ -80,8 +80,8 @@ def grouped(rows: list[dict]) -> dict[str, list[dict]]:
         groups.setdefault(row["group"], []).append(row)
         if row["group"] == "synthetic_flair" and row["full_length"] == "1":
             groups["synthetic_flair_full"].append(row)
-            if row["section"] in SHIPPED_RECIPE_SECTIONS:
-                groups["synthetic_flair_default"].append(row)
+            if row["section"] in SEED_SERIES_SECTIONS:
+                groups["synthetic_flair_series"].append(row)
     return {key: value for key, value in groups.items() if value}
 
 
