@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from amecam_bundle.scripts.preprocess import MIN_BRAIN_FRACTION, from_canonical
+from amecam_bundle.scripts.preprocess import from_canonical
 
 from .bundle import LoadedBundle, open_bundle
 from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases, load_case, parse_modalities
@@ -162,8 +162,7 @@ def run_inference(
             "tumour_ml": float(mask.sum()) * voxel_ml, "tumour_slices": int(prediction.mask.any(axis=(0, 1)).sum()),
             "seconds": {"open_bundle": seconds_open, "read": t_read, **prediction.seconds, "write": t_write},
         }
-        brain_area = prediction.brain.sum(axis=(0, 1))
-        result["brain_slices"] = int((brain_area >= MIN_BRAIN_FRACTION * prediction.brain[:, :, 0].size).sum())
+        result["brain_slices"] = len(prediction.brain_slices)
         if result["brain_slices"] == 0:
             logger.warning("%s: no slice has enough brain to segment (is the volume blank or constant?); its mask is empty",
                            job.case.case_id)

@@ -83,6 +83,20 @@ def test_train_seg_refuses_a_seg_bundle_as_source(tmp_path, seg_bundle, tiny_dat
         train_segmentation(seg_bundle, tiny_dataset, tmp_path / "x", epochs=1, device="cpu")
 
 
+
+def test_train_seg_overwrite_never_clears_its_source_bundle(tmp_path, tiny_bundle, tiny_dataset):
+    """`train-seg --bundle RUN -o RUN --overwrite` would delete the AME-CAM bundle it reads; refused first."""
+    import shutil
+
+    from amecam_cli.segmentation import train_segmentation
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run)
+    weights = (run / "models" / "model.pt").read_bytes()
+    with pytest.raises(AmecamError, match="this input lies inside .*run, which --overwrite would clear"):
+        train_segmentation(run, tiny_dataset, run, epochs=1, device="cpu", overwrite=True, progress=False)
+    assert (run / "models" / "model.pt").read_bytes() == weights
+
 def test_supervised_upper_bound_uses_masks(tmp_path, tiny_bundle):
     from amecam_cli.segmentation import train_segmentation
 

@@ -65,6 +65,7 @@ class Prediction:
         image: ``(C, x, y, z)`` the normalised input.
         brain: ``(x, y, z)`` brain mask.
         seconds: time spent per step.
+        brain_slices: the axial indices with enough brain to be segmented (empty for a blank volume).
     """
 
     cam: np.ndarray
@@ -73,6 +74,7 @@ class Prediction:
     image: np.ndarray
     brain: np.ndarray
     seconds: dict = field(default_factory=dict)
+    brain_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 class VolumePredictor:
@@ -197,7 +199,7 @@ class VolumePredictor:
             mask = crf_refine_volume(grey, cam, mask, self.crf_params) & prepared.brain
         seconds["postprocess"] = time.perf_counter() - started
         return Prediction(cam=cam, mask=mask.astype(np.uint8), slice_probability=probability,
-                          image=prepared.image, brain=prepared.brain, seconds=seconds)
+                          image=prepared.image, brain=prepared.brain, seconds=seconds, brain_slices=np.asarray(zs))
 
     def predict_files(
         self,
