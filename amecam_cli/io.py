@@ -236,6 +236,9 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise AmecamError(f"{path}: cannot create output folder {parent}: {blocker} is a file, not a folder") from exc
         raise AmecamError(f"{path}: cannot create output folder {parent} ({exc.strerror})") from exc
     if not os.access(parent, os.W_OK):
         raise AmecamError(f"{path}: output folder {parent} is not writable")

@@ -108,8 +108,10 @@ def test_write_to_unwritable_place(tmp_path):
     array, props = read_volume(src)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder", encoding="utf-8")
-    with pytest.raises(AmecamError, match="cannot create output folder"):
+    with pytest.raises(AmecamError, match="cannot create output folder .*a_file is a file, not a folder"):
         write_volume(blocker / "mask.nii.gz", np.zeros(array.shape, np.uint8), props)
+    with pytest.raises(AmecamError, match="a_file is a file, not a folder"):
+        write_volume(blocker / "deeper" / "mask.nii.gz", np.zeros(array.shape, np.uint8), props)
     with pytest.raises(AmecamError, match="output must end in one of"):
         write_volume(tmp_path / "mask.png", np.zeros(array.shape, np.uint8), props)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "img.nii.gz"]
