@@ -7,6 +7,7 @@ that can fail -- bundle, modalities, existing or unwritable outputs -- runs befo
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -115,6 +116,17 @@ def plan_jobs(
     return jobs
 
 
+def _count_brain_slices(prediction, bundle: LoadedBundle) -> int:
+    """Slices the bundle segmented: its own count, or (bundles before 0.5.1, whose predictions do not
+    carry it) the same rule applied by that bundle's own preprocessing constant."""
+    slices = getattr(prediction, "brain_slices", None)
+    if slices is not None:
+        return len(slices)
+    fraction = importlib.import_module(f"{bundle.scripts.__name__}.preprocess").MIN_BRAIN_FRACTION
+    brain = prediction.brain
+    return int((brain.sum(axis=(0, 1)) >= fraction * brain[:, :, 0].size).sum())
+
+
 def run_inference(
     source: str | Path,
     output: str | Path,
@@ -162,7 +174,7 @@ def run_inference(
             "tumour_ml": float(mask.sum()) * voxel_ml, "tumour_slices": int(prediction.mask.any(axis=(0, 1)).sum()),
             "seconds": {"open_bundle": seconds_open, "read": t_read, **prediction.seconds, "write": t_write},
         }
-        result["brain_slices"] = len(prediction.brain_slices)
+        result["brain_slices"] = _count_brain_slices(prediction, bundle)
         if result["brain_slices"] == 0:
             logger.warning("%s: no slice has enough brain to segment (is the volume blank or constant?); its mask is empty",
                            job.case.case_id)

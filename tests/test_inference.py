@@ -168,3 +168,46 @@ def test_a_trace_older_than_the_weights_is_not_used(tmp_path, tiny_bundle):
     later = (copy / "models" / "model.ts").stat().st_mtime + 60
     os.utime(weights, (later, later))  # as if the weights were replaced after training traced them
     assert not isinstance(open_bundle(copy, device="cpu", torchscript=True).network, torch.jit.ScriptModule)
+
+
+# The last commit of bundle 0.5.0 (amecam 0.5.0): a bundle carries its own scripts, so the CLI of a later
+# release must still run what an earlier release trained.
+BUNDLE_0_5_0 = "0ec3fea"
+
+
+def _files_at(commit: str, folder: str, dest):
+    """Write ``folder`` of the repository as it was at ``commit`` into ``dest`` (skip without history)."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        names = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "--name-only", commit, folder],
+                               check=True, capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs the git history of this repository (commit {commit})")
+    for name in names:
+        target = dest / Path(name).relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{name}"],
+                                          check=True, capture_output=True).stdout)
+
+
+def test_a_bundle_of_an_earlier_release_still_runs(tmp_path, tiny_bundle, caplog):
+    """0.5.1's CLI read Prediction.brain_slices, which 0.5.0 bundles do not have, and crashed on them."""
+    import logging
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old, ignore=shutil.ignore_patterns("slices", "checkpoints", "scripts"))
+    _files_at(BUNDLE_0_5_0, "bundle/scripts", old / "scripts")  # 0.5.1 changed the scripts only (and the version)
+    assert "brain_slices: np.ndarray" not in (old / "scripts" / "inference.py").read_text(encoding="utf-8")  # no Prediction field
+    src = _volume(tmp_path)
+    new = run_inference(src, tmp_path / "new.nii.gz", tiny_bundle, device="cpu", progress=False)
+    with caplog.at_level(logging.WARNING):
+        earlier = run_inference(src, tmp_path / "old.nii.gz", old, device="cpu", progress=False)
+        blank = run_inference(save_nifti(tmp_path / "blank_flair.nii.gz", np.zeros((24, 24, 12), np.int16)),
+                              tmp_path / "blank.nii.gz", old, device="cpu", progress=False)
+    assert earlier[0]["brain_slices"] == new[0]["brain_slices"] > 0
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "old.nii.gz")).get_fdata(), nib.load(str(tmp_path / "new.nii.gz")).get_fdata())
+    assert blank[0]["brain_slices"] == 0 and "no slice has enough brain" in caplog.text
