@@ -399,6 +399,13 @@ FUSION_TEXT = {
 }
 
 
+def _auc_text(auc: float | None) -> str:
+    """The stage-1 validation AUC for people; ``None`` (or the -1 of bundles before 0.5.2): not measured."""
+    if auc is None or auc < 0:
+        return "no validation slice AUC: the validation split lacked tumour or normal slices, so the last epoch was kept"
+    return f"validation slice AUC {auc:.3f}"
+
+
 def _write_model_card(root: Path, metadata: dict) -> None:
     card = root / "docs" / "README.md"
     training = metadata["amecam_training"]
@@ -413,7 +420,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         f"skull stripping {'on (scalp and skull removed from the brain mask, also at inference)' if training['settings'].get('skull_strip') else 'off'}.",
         f"- Masks are made from {FUSION_TEXT[training['settings'].get('fusion', 'mean')]}.",
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
-        f"- Stage 1 best epoch {training['stage1']['best_epoch']} with validation slice AUC {training['stage1']['best_val_auc']}.",
+        f"- Stage 1 best epoch {training['stage1']['best_epoch']}, {_auc_text(training['stage1']['best_val_auc'])}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
         "",
     ]
@@ -495,7 +502,7 @@ def train_bundle(
         raise AmecamError(str(exc)) from exc
     finally:
         detach_run_log(log_state)
-    logger.info("bundle ready: %s (validation slice AUC %s)", output, summaries["stage1"].get("best_val_auc"))
+    logger.info("bundle ready: %s (%s)", output, _auc_text(summaries["stage1"].get("best_val_auc")).split(":")[0])
     return {"bundle": output, "slices": slices, "summaries": summaries}
 
 

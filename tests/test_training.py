@@ -31,7 +31,25 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert image["spatial_shape"] == [64, 64] and image["channel_def"] == {"0": "flair"}
     stage1 = json.loads((tiny_bundle / "models" / "stage1.json").read_text(encoding="utf-8"))
     assert len(stage1["history"]) == 2 and 1 <= stage1["best_epoch"] <= 2
-    assert "## This copy" in (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    assert 0.0 <= stage1["best_val_auc"] <= 1.0 and metadata["eval_metrics"]["val_slice_auc"] == stage1["best_val_auc"]
+    card = (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "## This copy" in card and f"validation slice AUC {stage1['best_val_auc']:.3f}" in card
+
+
+def test_a_single_case_trains_without_a_validation_auc_and_says_so(tmp_path, caplog):
+    """One case cannot be split: the last epoch is kept, and the bundle must not claim an AUC of -1."""
+    import logging
+
+    write_brats_case(tmp_path / "data", "ONLY", seed=3)
+    with caplog.at_level(logging.WARNING):
+        train_bundle(tmp_path / "data", tmp_path / "run", settings={**TINY_SETTINGS, "epochs": 2}, progress=False)
+    assert "no validation AUC (the validation split has 0 tumour and 0 normal slices" in caplog.text
+    stage1 = json.loads((tmp_path / "run" / "models" / "stage1.json").read_text(encoding="utf-8"))
+    assert stage1["best_val_auc"] is None and stage1["best_epoch"] == 2 and stage1["n_val"] == 0
+    metadata = json.loads((tmp_path / "run" / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["eval_metrics"]["val_slice_auc"] is None
+    card = (tmp_path / "run" / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "no validation slice AUC: the validation split lacked tumour or normal slices" in card and "AUC -1" not in card
 
 
 def test_same_seed_same_weights(tiny_bundle, tmp_path):

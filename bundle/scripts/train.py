@@ -384,10 +384,16 @@ class ClassifierTrainer(_Stage):
                    "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
         if self.best_path.exists():
             self.network.load_state_dict(torch.load(self.best_path, map_location=self.device))
+        measured = best["auc"] >= 0  # AUC is in [0, 1]; -1 marks "never measured"
+        if not measured and history:
+            logger.warning(
+                "stage 1: no validation AUC (the validation split has %d tumour and %d normal slices; it needs both): "
+                "kept the last epoch. Train on more cases to have a held-out check",
+                int((val.labels == 1).sum()), int((val.labels == 0).sum()))
         tumour = SliceSet(self.dataset_dir, "val" if (val.labels == 1).any() else "train", labels=("tumor",))
         polarity = resolve_exit_polarity(self.network, _polarity_batches(tumour, self.batch_size), self.device)
         _save(self.network.state_dict(), self.best_path)
-        return self._write_summary({"best_epoch": best["epoch"], "best_val_auc": best["auc"], "exit_polarity": polarity,
+        return self._write_summary({"best_epoch": best["epoch"], "best_val_auc": best["auc"] if measured else None, "exit_polarity": polarity,
                                     "history": history, "n_train": len(train), "n_val": len(val)})
 
 
