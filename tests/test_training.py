@@ -263,6 +263,8 @@ def test_bundle_predict_files_never_writes_over_its_input(tmp_path, tiny_bundle)
         predictor.predict_files(str(case), str(tmp_path / "m.nii.gz"), str(tmp_path / "m.nii.gz"))
     with pytest.raises(ValueError, match="output must name the mask file"):
         predictor.predict_files(str(case), "")
+    with pytest.raises(ValueError, match="image must name the volume to segment"):  # inference.yaml's image: "" unset
+        predictor.predict_files("", str(tmp_path / "m.nii.gz"))
     assert case.read_bytes() == before and not (tmp_path / "m.nii.gz").exists()
 
 

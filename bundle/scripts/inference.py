@@ -217,8 +217,8 @@ class VolumePredictor:
         import nibabel as nib
 
         files = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-        if not files:
-            msg = "images must name at least one NIfTI file"
+        if not files or not all(str(name) for name in files):
+            msg = "image must name the volume to segment (--image patient_flair.nii.gz; a list, one file per modality)"
             raise ValueError(msg)
         if not output:
             msg = "output must name the mask file to write (--output mask.nii.gz)"
