@@ -147,7 +147,7 @@ def find_cases(
     if not cases:
         raise AmecamError(
             f"{source}: found no cases with {','.join(modalities)} (expected <case>/<case>_{modalities[0]}.nii.gz, "
-            f"<case>/<case>-{_brats23_name(modalities[0])}.nii.gz, a datalist .json, or --pattern)"
+            f"<case>/<case>-{_brats23_name(modalities[0])}.nii.gz, a datalist .json, or --pattern)" + ("" if pattern else _loose_files_hint(source, modalities))
         )
     ids = [c.case_id for c in cases]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -158,6 +158,18 @@ def find_cases(
         if missing:
             raise AmecamError(f"{source}: {len(missing)} case(s) have no segmentation (label), e.g. {missing[0]}")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def _loose_files_hint(source: Path, modalities: tuple[str, ...]) -> str:
+    """For a folder of volumes without case folders: the --pattern that reads them."""
+    if not source.is_dir():
+        return ""
+    loose = sorted(p.name for p in source.iterdir() if p.is_file() and volume_suffix(p) in NIFTI_SUFFIXES + SITK_SUFFIXES)
+    if not loose:
+        return ""
+    suffix = volume_suffix(loose[0])
+    example = f"{modalities[0]}={{case}}_{modalities[0]}{suffix}"
+    return f"; it holds {len(loose)} volume file(s) directly, e.g. {loose[0]}: for files named <case>_{modalities[0]}{suffix} pass --pattern \"{example}\""
 
 
 def _brats23_name(modality: str) -> str:

@@ -94,6 +94,20 @@ def test_pattern_errors(tmp_path):
         find_cases(tmp_path, "flair,t1", pattern="flair={case}/f.nii.gz")
 
 
+def test_a_folder_of_loose_volumes_is_told_the_pattern_that_reads_it(tmp_path):
+    image, _ = planted_case()
+    for case in ("pA", "pB"):
+        save_nifti(tmp_path / f"{case}_flair.nii.gz", image)
+    with pytest.raises(AmecamError, match=r"found no cases .*holds 2 volume file\(s\) directly, e.g. pA_flair.nii.gz: "
+                                          r'.*--pattern "flair=\{case\}_flair.nii.gz"'):
+        find_cases(tmp_path, "flair", require_label=False)
+    cases = find_cases(tmp_path, "flair", pattern="flair={case}_flair.nii.gz", require_label=False)  # the hint works
+    assert [c.case_id for c in cases] == ["pA", "pB"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AmecamError, match=r"found no cases with flair \(expected [^;]*\)$"):  # no loose volumes, no hint
+        find_cases(tmp_path / "empty", "flair")
+
+
 def test_load_case_rejects_mismatched_shapes_and_grids(tmp_path):
     image, seg = planted_case(shape=(32, 32, 12))
     save_nifti(tmp_path / "C" / "C_flair.nii.gz", image)
