@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,11 @@ def _path(value: object, name: str) -> Path:
     if value is None or value == "" or isinstance(value, bool):
         raise AmecamError(f"--{name} must be a path, got {value!r}")
     return Path(str(value)).expanduser()
+
+
+def _output(value: object, name: str) -> str:
+    """An output path as typed: a trailing slash (``-o masks/``) means a folder, so it is kept."""
+    return os.path.expanduser(str(_path(value, name))) + ("/" if str(value).endswith(("/", os.sep)) else "")
 
 
 def _int(value: object, name: str, *, minimum: int | None = None) -> int:
@@ -240,11 +246,11 @@ def infer(
 
     Args:
         volume: a volume file (NIfTI, NRRD, MHA) or DICOM series folder; a case folder; or a dataset folder / datalist .json.
-        output: mask file (-o); a folder when VOLUME holds several cases.
+        output: mask file (-o), or a folder (existing, or a name ending in /) that gets <case>_mask<suffix>; a folder when VOLUME holds several cases.
         bundle: trained bundle folder or exported .zip.
         threshold: map value from which a pixel is tumour (default 0.5).
         crf: refine with DenseCRF around the candidate tumour.
-        save_cam: also write the float32 tumour map here (a folder for several cases).
+        save_cam: also write the float32 tumour map here (a file, or a folder that gets <case>_cam<suffix>; a folder for several cases).
         modality: the modality of the input if its file name says otherwise; must be one the bundle was trained on.
         min_size: drop 3-D islands smaller than this many voxels (default 0: keep all).
         device: auto, cpu or cuda.
@@ -259,8 +265,8 @@ def infer(
     if bundle is None:
         raise AmecamError("infer needs --bundle RUN (a trained bundle folder or .zip)")
     results = run_inference(
-        _path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), modality=modality,
-        threshold=_float(threshold, "threshold"), crf=bool(crf), save_cam=_path(save_cam, "save_cam") if save_cam else None,
+        _path(volume, "volume"), _output(output, "output"), _path(bundle, "bundle"), modality=modality,
+        threshold=_float(threshold, "threshold"), crf=bool(crf), save_cam=_output(save_cam, "save_cam") if save_cam else None,
         device=str(device), min_size=_int(min_size, "min_size", minimum=0), batch_size=None if batch_size is None else _int(batch_size, "batch_size", minimum=1),
         pattern=pattern, overwrite=bool(overwrite),
     )
@@ -326,7 +332,7 @@ def cam(
 
     Args:
         volume: a volume file or DICOM folder, or one case folder.
-        output: map file (-o).
+        output: map file (-o), or a folder (existing, or ending in /) that gets <case>_<method><suffix>.
         bundle: trained AME-CAM bundle folder or zip.
         method: amecam, exit1..exit4, mean_exits, attention, cam, gradcam, gradcampp, layercam, scorecam, hirescam.
         png_dir: also write a PNG montage of the map over the image here.
@@ -341,7 +347,7 @@ def cam(
 
     if output is None or bundle is None:
         raise AmecamError("cam needs -o MAP and --bundle RUN")
-    export_cam(_path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), method=str(method),
+    export_cam(_path(volume, "volume"), _output(output, "output"), _path(bundle, "bundle"), method=str(method),
                png_dir=_path(png_dir, "png_dir") if png_dir else None, modality=modality, stage=_int(stage, "stage"),
                budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1),
                device=str(device), overwrite=bool(overwrite))
@@ -544,7 +550,7 @@ def explain(
 
     Args:
         volume: a volume file or DICOM folder, or one case folder.
-        output: map file (-o), float32.
+        output: map file (-o), float32, or a folder (existing, or ending in /) that gets <case>_explain<suffix>.
         bundle: a segmentation bundle (e.g. from amecam train-seg), folder or zip.
         method: seg-gradcam or seg-hirescam.
         pixels: predicted, image, or point:X,Y,Z (voxel indices of the input file).
@@ -560,7 +566,7 @@ def explain(
 
     if output is None or bundle is None:
         raise AmecamError("explain needs -o MAP and --bundle SEGRUN")
-    explain_volume(_path(volume, "volume"), _path(output, "output"), _path(bundle, "bundle"), method=str(method), pixels=str(pixels),
+    explain_volume(_path(volume, "volume"), _output(output, "output"), _path(bundle, "bundle"), method=str(method), pixels=str(pixels),
                    layer=None if layer is None else str(layer), class_index=_int(class_index, "class_index", minimum=0),
                    png_dir=_path(png_dir, "png_dir") if png_dir else None, modality=modality, batch_size=_int(batch_size, "batch_size", minimum=1),
                    device=str(device), overwrite=bool(overwrite))

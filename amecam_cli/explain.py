@@ -179,7 +179,7 @@ def explain_volume(
     layer = layer or default_layer(shapes)
     if layer not in shapes:
         raise AmecamError(f"--layer must be one of {', '.join(shapes)}, got {layer!r}")
-    jobs = plan_jobs(Path(volume), Path(output), bundle, modality=modality, overwrite=overwrite)
+    jobs = plan_jobs(Path(volume), output, bundle, modality=modality, overwrite=overwrite, result="explain")
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam explain takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from amecam_bundle.scripts.preprocess import from_canonical
 from .bundle import LoadedBundle, open_bundle
 from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases, load_case, parse_modalities
 from .errors import AmecamError
-from .io import NIFTI_SUFFIXES, check_outputs_apart, check_writable, volume_suffix, write_volume
+from .io import NIFTI_SUFFIXES, check_outputs_apart, check_writable, output_format, volume_suffix, write_volume
 
 __all__ = ["InferenceJob", "plan_jobs", "run_inference"]
 
@@ -62,17 +63,30 @@ def _single_volume(path: Path) -> bool:
     return False
 
 
+def _is_folder(path: str | Path) -> bool:
+    """An output the user means as a folder: an existing one, or a name ending in a slash."""
+    return Path(path).is_dir() or str(path).endswith(("/", os.sep))
+
+
 def plan_jobs(
     source: Path,
-    output: Path,
+    output: str | Path,
     bundle: LoadedBundle,
     *,
     modality: str | None = None,
-    save_cam: Path | None = None,
+    save_cam: str | Path | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
+    result: str = "mask",
 ) -> list[InferenceJob]:
-    """Decide what to segment and where each result goes; fail before any work if something is off."""
+    """Decide what to segment and where each result goes; fail before any work if something is off.
+
+    ``output`` (and ``save_cam``) name a file, or a folder (existing, or ending in a slash) that gets
+    ``<case>_<result><suffix>`` (``<case>_cam<suffix>``) per case, the suffix of the input.
+    """
+    output_folder = _is_folder(output)
+    cam_folder = save_cam is not None and _is_folder(save_cam)
+    output, save_cam = Path(output), (Path(save_cam) if save_cam is not None else None)
     expected = bundle.modalities
     if modality is not None:
         requested = parse_modalities(modality)
@@ -93,10 +107,14 @@ def plan_jobs(
                 f"pass --modality {expected[0]} if it really is {expected[0]}"
             )
         case = Case(case_id=source.name.split(".")[0], images={expected[0]: source})
+        if source.is_file():  # (a DICOM series may be written as a series into an output folder)
+            suffix = volume_suffix(source)
+            output = output / f"{case.case_id}_{result}{suffix}" if output_folder else output
+            save_cam = save_cam / f"{case.case_id}_cam{suffix}" if cam_folder else save_cam
         jobs = [InferenceJob(case, output, save_cam)]
     else:
         cases = find_cases(source, expected, pattern=pattern, require_label=False)
-        if len(cases) == 1 and volume_suffix(output) in NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd"):
+        if len(cases) == 1 and not output_folder and volume_suffix(output) in NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd"):
             jobs = [InferenceJob(cases[0], output, save_cam)]
         else:
             if output.exists() and not output.is_dir():
@@ -105,8 +123,13 @@ def plan_jobs(
             for case in cases:
                 first = case.images[expected[0]]
                 suffix = volume_suffix(first) if first.is_file() else ".nii.gz"
-                jobs.append(InferenceJob(case, output / f"{case.case_id}_mask{suffix}",
+                jobs.append(InferenceJob(case, output / f"{case.case_id}_{result}{suffix}",
                                          (save_cam / f"{case.case_id}_cam{suffix}") if save_cam else None))
+    for job in jobs:  # a name that cannot be written fails now, not after the mask is written
+        dicom = job.case.images[expected[0]].is_dir()
+        for path in (job.mask_path, job.cam_path):
+            if path is not None:
+                output_format(path, dicom_input=dicom)
     inputs = [path for job in jobs for path in (*job.case.images.values(), job.case.label, job.case.brainmask)]
     check_outputs_apart([path for job in jobs for path in (job.mask_path, job.cam_path)], inputs)
     for job in jobs:
@@ -151,8 +174,8 @@ def run_inference(
     started = time.perf_counter()
     bundle = open_bundle(bundle_path, device=device, torchscript=True)
     seconds_open = time.perf_counter() - started
-    jobs = plan_jobs(Path(source), Path(output), bundle, modality=modality,
-                     save_cam=Path(save_cam) if save_cam else None, pattern=pattern, overwrite=overwrite)
+    jobs = plan_jobs(Path(source), output, bundle, modality=modality,
+                     save_cam=save_cam or None, pattern=pattern, overwrite=overwrite)
     options = {"batch_size": batch_size} if batch_size else {}  # unset: the bundle's own default for the device
     predictor = bundle.predictor(device=device, threshold=float(threshold), crf=bool(crf), min_component_voxels=int(min_size), **options)
     results = []

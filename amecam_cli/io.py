@@ -210,14 +210,17 @@ def _reason(exc: BaseException) -> str:
     return (text[-1] if text else type(exc).__name__)[:200]
 
 
-def output_format(path: str | os.PathLike, props: VolumeProperties) -> str:
-    """Format a result written to ``path`` gets: by its suffix, or a DICOM series for a folder."""
+def output_format(path: str | os.PathLike, props: VolumeProperties | None = None, *, dicom_input: bool | None = None) -> str:
+    """Format a result written to ``path`` gets: by its suffix, or a DICOM series for a folder.
+
+    The input is DICOM when ``props`` says so (or ``dicom_input``, to check a name before reading).
+    """
     suffix = volume_suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return "nifti"
     if suffix in SITK_SUFFIXES:
         return "sitk"
-    if suffix == "" and props.format == "dicom":
+    if suffix == "" and (dicom_input if dicom_input is not None else props is not None and props.format == "dicom"):
         return "dicom"
     valid = ", ".join(NIFTI_SUFFIXES + SITK_SUFFIXES)
     raise AmecamError(f"{path}: output must end in one of {valid} (or, for DICOM input, be a folder name), got {suffix or 'no suffix'!r}")

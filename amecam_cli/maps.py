@@ -86,7 +86,7 @@ def export_cam(
     bundle = open_bundle(bundle_path, device=device)
     if bundle.kind != "amecam":
         raise AmecamError(f"{bundle_path}: amecam cam needs an AME-CAM bundle; for a segmentation bundle use amecam explain")
-    jobs = plan_jobs(Path(volume), Path(output), bundle, modality=modality, overwrite=overwrite)
+    jobs = plan_jobs(Path(volume), output, bundle, modality=modality, overwrite=overwrite, result=method)
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam cam takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]

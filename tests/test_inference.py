@@ -37,6 +37,19 @@ def test_train_then_infer_keeps_the_input_geometry(tmp_path, tiny_bundle):
     assert set(results[0]["seconds"]) >= {"read", "preprocess", "network", "postprocess", "write"}
 
 
+def test_an_output_folder_gets_one_file_per_result(tmp_path, tiny_bundle):
+    """-o FOLDER (existing, or a new name ending in a slash) for one volume, as cp does; the map likewise."""
+    src = _volume(tmp_path)
+    (tmp_path / "masks").mkdir()
+    run_inference(src, tmp_path / "masks", tiny_bundle, save_cam=f"{tmp_path}/maps/", device="cpu", progress=False)
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["patient_flair_mask.nii.gz"]
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["patient_flair_cam.nii.gz"]
+    run_inference(src, f"{tmp_path}/new/", tiny_bundle, device="cpu", progress=False)
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["patient_flair_mask.nii.gz"]
+    with pytest.raises(AmecamError, match="output already exists"):
+        run_inference(src, tmp_path / "masks", tiny_bundle, device="cpu", progress=False)
+
+
 def test_mha_in_mha_out(tmp_path, tiny_bundle):
     image, _ = planted_case(seed=3)
     itk = sitk.GetImageFromArray(image.transpose(2, 1, 0))
@@ -78,6 +91,7 @@ def test_crf_and_threshold_change_the_mask(tmp_path, tiny_bundle):
         ("plain", {"modality": "t1"}, "the bundle was trained on flair; it cannot segment t1 images"),
         ("exists", {}, "output already exists (pass --overwrite"),
         ("plain", {"threshold": 1.5}, "--threshold must be in [0, 1]"),
+        ("plain", {"save_cam": "map_without_suffix"}, "map_without_suffix: output must end in one of"),  # the mask was written first
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, tiny_bundle, setup, kwargs, message):
