@@ -53,6 +53,10 @@ def _figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+# what the demo writes; a folder holding any of them is an earlier demo, which a new run reuses and updates
+DEMO_ENTRIES = ("cohort", "train_datalist.json", "bundle", "masks", "demo.png", "demo_results.json")
+
+
 def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) -> dict:
     """Run the demo in ``output``; returns the Dice per held-out case and the paths written."""
     from .bundle import open_bundle
@@ -65,6 +69,10 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
 
     if n_cases < n_test + 3:
         raise AmecamError(f"--n_cases must be >= {n_test + 3} for the demo (training, validation and {n_test} test cases), got {n_cases}")
+    if output.exists() and not output.is_dir():
+        raise AmecamError(f"{output}: is a file; the demo needs a folder")
+    if output.is_dir() and any(output.iterdir()) and not any((output / name).exists() for name in DEMO_ENTRIES):
+        raise AmecamError(f"{output}: folder is not empty and holds no earlier demo; give a new or empty --output_dir")
     output.mkdir(parents=True, exist_ok=True)
     cohort = output / "cohort"
     synthesize_cohort(cohort, n_cases=n_cases, seed=seed)

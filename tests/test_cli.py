@@ -76,6 +76,8 @@ def test_numeric_looking_paths_stay_strings(capsys, tmp_path, monkeypatch):
         (["slice", "{data}", "-o", "{tmp}/o", "--image_size", "abc"], "--image_size must be a whole number"),
         (["synth", "{tmp}/c", "--n_cases", "0"], "--n_cases must be >= 1, got 0"),
         (["synth", "{tmp}/file.txt"], "output exists and is not a folder"),
+        (["demo", "-o", "{data}"], "folder is not empty and holds no earlier demo"),  # never writes into the user's data
+        (["demo", "-o", "{tmp}/file.txt"], "file.txt: is a file; the demo needs a folder"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(capsys, tiny_dataset, tmp_path, argv, message):
