@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -103,6 +104,18 @@ class TrainSettings:
             raise AmecamError(f"--batch_size must be >= 2, got {self.batch_size}")
         if not isinstance(self.skull_strip, bool):
             raise AmecamError(f"--skull_strip must be true or false, got {self.skull_strip!r}")
+        if self.seed < 0:
+            raise AmecamError(f"--seed must be >= 0, got {self.seed}")
+        for name in ("learning_rate", "attention_learning_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise AmecamError(f"--{name} must be a number > 0, got {value!r}")
+        if self.pretrain == "simclr" and self.pretrain_epochs < 1:
+            raise AmecamError(f"--pretrain_epochs must be >= 1 with --pretrain simclr, got {self.pretrain_epochs}")
+        from .slicing import SliceSettings  # the slicing options, checked now rather than after the run folder is made
+
+        SliceSettings(modalities=self.modalities, image_size=self.image_size, min_tumor_fraction=self.min_tumor_fraction,
+                      ambiguous=self.ambiguous, val_fraction=self.val_fraction, seed=self.seed, skull_strip=self.skull_strip)
         from amecam_bundle.scripts.networks import FUSION_CHOICES
 
         if self.fusion not in FUSION_CHOICES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -106,6 +107,24 @@ def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_da
     with pytest.raises(AmecamError, match="this input lies inside .*project, which --overwrite would clear"):
         train_bundle(tmp_path / "project" / "slices", tmp_path / "project", settings=dict(TINY_SETTINGS), overwrite=True)
     assert sorted(p.name for p in (tmp_path / "project" / "slices").iterdir()) == sorted(p.name for p in tiny_dataset.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"seed": -1}, "--seed must be >= 0, got -1"),  # numpy's "expected non-negative integer" after slicing
+        ({"learning_rate": -1.0}, "--learning_rate must be a number > 0, got -1.0"),  # torch's, after slicing
+        ({"learning_rate": float("nan")}, "--learning_rate must be a number > 0, got nan"),
+        ({"attention_learning_rate": 0}, "--attention_learning_rate must be a number > 0, got 0"),
+        ({"pretrain": "simclr", "pretrain_epochs": 0}, "--pretrain_epochs must be >= 1 with --pretrain simclr"),
+        ({"val_fraction": 1.0}, "--val_fraction must be in [0, 1), got 1.0"),
+        ({"ambiguous": "maybe"}, "--ambiguous must be one of"),
+    ],
+)
+def test_bad_settings_are_refused_before_the_run_folder_is_made(tmp_path, tiny_dataset, given, message):
+    with pytest.raises(AmecamError, match=re.escape(message)):
+        train_bundle(tiny_dataset, tmp_path / "run", settings={**TINY_SETTINGS, **given}, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
