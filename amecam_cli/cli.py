@@ -129,7 +129,7 @@ def slice(  # noqa: A001 - the command is called "slice"
         min_tumor_fraction=_float(min_tumor_fraction, "min_tumor_fraction"),
         ambiguous=str(ambiguous),
         val_fraction=_float(val_fraction, "val_fraction"),
-        seed=_int(seed, "seed"),
+        seed=_int(seed, "seed", minimum=0),
         skull_strip=_bool(skull_strip, "skull_strip"),
     )
     labels = read_slice_labels(_path(slice_labels, "slice_labels")) if slice_labels else None
@@ -519,7 +519,7 @@ def train_seg(
     train_segmentation(
         _path(bundle, "bundle"), _path(data_dir, "data_dir"), _path(output_dir, "output_dir"), epochs=_int(epochs, "epochs", minimum=1),
         image_size=None if image_size is None else _int(image_size, "image_size"), batch_size=_int(batch_size, "batch_size", minimum=2),
-        learning_rate=_float(learning_rate, "learning_rate"), device=str(device), seed=None if seed is None else _int(seed, "seed"),
+        learning_rate=_float(learning_rate, "learning_rate"), device=str(device), seed=None if seed is None else _int(seed, "seed", minimum=0),
         supervised=bool(supervised), crf=bool(crf), uncertainty_margin=_float(uncertainty_margin, "uncertainty_margin"),
         uncertainty_weight=_float(uncertainty_weight, "uncertainty_weight"), pattern=pattern, resume=bool(resume), overwrite=bool(overwrite),
     )

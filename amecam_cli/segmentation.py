@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -117,6 +118,10 @@ def train_segmentation(
         raise AmecamError(f"--uncertainty_margin must be in [0, 0.5), got {uncertainty_margin}")
     if not 0 <= uncertainty_weight <= 1:
         raise AmecamError(f"--uncertainty_weight must be in [0, 1], got {uncertainty_weight}")
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise AmecamError(f"--learning_rate must be a number > 0, got {learning_rate}")
+    if seed is not None and seed < 0:
+        raise AmecamError(f"--seed must be >= 0, got {seed}")
     data, output = Path(data), Path(output)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")

@@ -86,8 +86,8 @@ class SliceSettings:
             raise AmecamError(f"--ambiguous must be one of {', '.join(AMBIGUOUS_CHOICES)}, got {self.ambiguous!r}")
         if not isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
             raise AmecamError(f"--val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise AmecamError(f"--seed must be a whole number, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise AmecamError(f"--seed must be a whole number >= 0, got {self.seed!r}")
 
     def as_dict(self) -> dict:
         out = asdict(self)

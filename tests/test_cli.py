@@ -74,6 +74,7 @@ def test_numeric_looking_paths_stay_strings(capsys, tmp_path, monkeypatch):
         (["slice", "{data}"], "slice needs an output folder: -o OUT_DIR"),
         (["slice", "{data}", "-o", "{tmp}/file.txt/sub"], "cannot create output folder"),
         (["slice", "{data}", "-o", "{tmp}/o", "--image_size", "abc"], "--image_size must be a whole number"),
+        (["slice", "{data}", "-o", "{tmp}/o", "--seed", "-1"], "--seed must be >= 0, got -1"),  # was a numpy traceback
         (["synth", "{tmp}/c", "--n_cases", "0"], "--n_cases must be >= 1, got 0"),
         (["synth", "{tmp}/file.txt"], "output exists and is not a folder"),
         (["demo", "-o", "{data}"], "folder is not empty and holds no earlier demo"),  # never writes into the user's data

@@ -97,6 +97,22 @@ def test_train_seg_overwrite_never_clears_its_source_bundle(tmp_path, tiny_bundl
         train_segmentation(run, tiny_dataset, run, epochs=1, device="cpu", overwrite=True, progress=False)
     assert (run / "models" / "model.pt").read_bytes() == weights
 
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),  # was a numpy traceback
+        (["--learning_rate", "-1"], "--learning_rate must be a number > 0, got -1.0"),  # was torch's, after slicing
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    ],
+)
+def test_train_seg_bad_options_are_refused_before_any_work(tmp_path, tiny_bundle, tiny_dataset, capsys, option, message):
+    code = main(["train-seg", "--bundle", str(tiny_bundle), "--data_dir", str(tiny_dataset), "--output_dir", str(tmp_path / "seg"), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and f"amecam: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "seg").exists()
+
+
 def test_supervised_upper_bound_uses_masks(tmp_path, tiny_bundle):
     from amecam_cli.segmentation import train_segmentation
 
