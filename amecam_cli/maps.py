@@ -137,6 +137,12 @@ def refine_with_crf(
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {threshold}")
+    try:
+        params = CRFParams(gaussian_sxy=float(gaussian_sxy), gaussian_compat=float(gaussian_compat), bilateral_sxy=float(bilateral_sxy),
+                           bilateral_srgb=float(bilateral_srgb), bilateral_compat=float(bilateral_compat), iterations=int(iterations),
+                           margin=int(margin))
+    except ValueError as exc:
+        raise AmecamError(f"--{exc}") from exc
     check_outputs_apart([output], [image, cam])
     check_writable(output, overwrite=overwrite)
     array, props = read_volume(image)
@@ -147,9 +153,6 @@ def refine_with_crf(
         raise AmecamError(f"{cam}: map is not on the image's voxel grid (affines differ)")
     if heat.min() < -1e-6 or heat.max() > 1 + 1e-6:
         raise AmecamError(f"{cam}: map values must lie in [0, 1], got {heat.min():.3g}..{heat.max():.3g}")
-    params = CRFParams(gaussian_sxy=float(gaussian_sxy), gaussian_compat=float(gaussian_compat), bilateral_sxy=float(bilateral_sxy),
-                       bilateral_srgb=float(bilateral_srgb), bilateral_compat=float(bilateral_compat), iterations=int(iterations),
-                       margin=int(margin))
     image_c, orientation = to_canonical(array, props.affine)  # slice axially whatever the file's axis order
     heat_c, _ = to_canonical(heat, props.affine)
     prepared = prepare_volume(np.asarray(image_c)[None], strip_skull=strip_skull)

@@ -10,7 +10,7 @@ import pytest
 from amecam_cli import __version__
 from amecam_cli.cli import main
 
-from .conftest import save_nifti, write_brats_case
+from .conftest import planted_case, save_nifti, write_brats_case
 
 
 def run(capsys, *argv):
@@ -269,6 +269,22 @@ def test_crf_with_skull_strip_keeps_the_mask_off_the_scalp(capsys, tmp_path):
     assert code == 0, err
     mask = nib.load(str(tmp_path / "m.nii.gz")).get_fdata() > 0
     assert not mask[scalp].any() and mask[lesion].any()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--bilateral_srgb", "0"], "--bilateral_srgb must be a number > 0, got 0.0"),  # killed the process (SIGSEGV in pydensecrf)
+        (["--gaussian_sxy", "-1"], "--gaussian_sxy must be a number > 0, got -1.0"),
+        (["--gaussian_compat", "nan"], "--gaussian_compat must be a number >= 0, got nan"),  # gave an empty mask
+    ],
+)
+def test_crf_kernel_settings_are_checked_before_pydensecrf_sees_them(capsys, tmp_path, option, message):
+    image, tumour = planted_case()
+    save_nifti(tmp_path / "img.nii.gz", image)
+    save_nifti(tmp_path / "cam.nii.gz", tumour.astype(np.float32))
+    code, _, err = run(capsys, "crf", str(tmp_path / "img.nii.gz"), str(tmp_path / "cam.nii.gz"), "-o", str(tmp_path / "m.nii.gz"), *option)
+    assert code == 2 and f"amecam: error: {message}" in err and not (tmp_path / "m.nii.gz").exists()
 
 
 @pytest.mark.parametrize(

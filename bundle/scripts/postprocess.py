@@ -9,6 +9,7 @@ sxy 10, srgb 13, compat 10; 10 mean-field iterations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,22 @@ class CRFParams:
     bilateral_compat: float = 10.0
     iterations: int = 10
     margin: int = 16
+
+    def __post_init__(self) -> None:
+        # a zero kernel width divides by zero inside pydensecrf and kills the process (SIGSEGV), so check here
+        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                msg = f"{name} must be a number > 0, got {value}"
+                raise ValueError(msg)
+        for name in ("gaussian_compat", "bilateral_compat"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                msg = f"{name} must be a number >= 0, got {value}"
+                raise ValueError(msg)
+        if self.iterations < 1 or self.margin < 0:
+            msg = f"iterations must be >= 1 and margin >= 0, got {self.iterations} and {self.margin}"
+            raise ValueError(msg)
 
 
 def _dcrf():
