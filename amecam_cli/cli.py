@@ -33,7 +33,7 @@ def _path(value: object, name: str) -> Path:
 
 def _output(value: object, name: str) -> str:
     """An output path as typed: a trailing slash (``-o masks/``) means a folder, so it is kept."""
-    return os.path.expanduser(str(_path(value, name))) + ("/" if str(value).endswith(("/", os.sep)) else "")
+    return str(_path(value, name)) + ("/" if str(value).endswith(("/", os.sep)) else "")
 
 
 def _int(value: object, name: str, *, minimum: int | None = None) -> int:

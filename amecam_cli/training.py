@@ -412,10 +412,11 @@ FUSION_TEXT = {
 }
 
 
-def _auc_text(auc: float | None) -> str:
+def _auc_text(auc: float | None, *, why: bool = True) -> str:
     """The stage-1 validation AUC for people; ``None`` (or the -1 of bundles before 0.5.2): not measured."""
     if auc is None or auc < 0:
-        return "no validation slice AUC: the validation split lacked tumour or normal slices, so the last epoch was kept"
+        reason = ": the validation split lacked tumour or normal slices, so the last epoch was kept"
+        return "no validation slice AUC" + (reason if why else "")
     return f"validation slice AUC {auc:.3f}"
 
 
@@ -515,7 +516,7 @@ def train_bundle(
         raise AmecamError(str(exc)) from exc
     finally:
         detach_run_log(log_state)
-    logger.info("bundle ready: %s (%s)", output, _auc_text(summaries["stage1"].get("best_val_auc")).split(":")[0])
+    logger.info("bundle ready: %s (%s)", output, _auc_text(summaries["stage1"].get("best_val_auc"), why=False))
     return {"bundle": output, "slices": slices, "summaries": summaries}
 
 

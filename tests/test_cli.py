@@ -155,6 +155,16 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     assert code == 0, err
 
 
+def test_infer_into_a_new_folder_named_with_a_trailing_slash(capsys, tmp_path, tiny_bundle):
+    """The command line must keep the slash of `-o masks/` (a Path drops it), or the folder is never meant."""
+    image, _ = planted_case()
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image)
+    code, _, err = run(capsys, "infer", str(src), "-o", f"{tmp_path}/masks/", "--bundle", str(tiny_bundle),
+                       "--save_cam", f"{tmp_path}/maps/")
+    assert code == 0, err
+    assert (tmp_path / "masks" / "p_flair_mask.nii.gz").is_file() and (tmp_path / "maps" / "p_flair_cam.nii.gz").is_file()
+
+
 def test_infer_warns_on_a_blank_volume(capsys, tmp_path, tiny_bundle):
     """A blank volume (a failed conversion, say) has no brain to segment: the empty mask it gets is
     written, and a warning line says why, instead of a plain "0.0 ml" that reads like a tumour-free scan."""
