@@ -226,8 +226,12 @@ def output_format(path: str | os.PathLike, props: VolumeProperties | None = None
     raise AmecamError(f"{path}: output must end in one of {valid} (or, for DICOM input, be a folder name), got {suffix or 'no suffix'!r}")
 
 
-def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def check_writable(path: str | os.PathLike, *, overwrite: bool = False, create: bool = False) -> Path:
     """Fail early, before any work, if ``path`` cannot be written.
+
+    Nothing is created unless ``create`` is true (the moment of writing): a check before a run that then
+    fails must not leave empty folders behind. Folders that do not exist yet are judged by the nearest
+    one that does: it must be a folder, and writable.
 
     Raises:
         AmecamError: the file exists (and ``overwrite`` is false) or its folder cannot be created or written.
@@ -236,15 +240,18 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise AmecamError(f"{path}: output already exists (pass --overwrite to replace it)")
     parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise AmecamError(f"{path}: cannot create output folder {parent}: {blocker} is a file, not a folder") from exc
-        raise AmecamError(f"{path}: cannot create output folder {parent} ({exc.strerror})") from exc
-    if not os.access(parent, os.W_OK):
-        raise AmecamError(f"{path}: output folder {parent} is not writable")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise AmecamError(f"{path}: cannot create output folder {parent}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        if existing == parent:
+            raise AmecamError(f"{path}: output folder {parent} is not writable")
+        raise AmecamError(f"{path}: cannot create output folder {parent}: {existing} is not writable")
+    if create:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AmecamError(f"{path}: cannot create output folder {parent} ({exc.strerror})") from exc
     return path
 
 
@@ -302,7 +309,7 @@ def write_volume(
     Raises:
         AmecamError: shape mismatch, unwritable destination, or an existing file without ``overwrite``.
     """
-    path = check_writable(path, overwrite=overwrite)
+    path = check_writable(path, overwrite=overwrite, create=True)
     array = np.asarray(array)
     if tuple(array.shape) != tuple(props.shape):
         raise AmecamError(f"{path}: result shape {array.shape} does not match the input's {tuple(props.shape)}")

@@ -104,15 +104,16 @@ def test_bad_input_is_refused_before_any_work(tmp_path, tiny_bundle, setup, kwar
         save_nifti(src, np.zeros((20, 20), np.int16))
     if setup == "t1name":
         src = src.rename(tmp_path / "patient_t1.nii.gz")
-    out = tmp_path / "mask.nii.gz"
+    out = tmp_path / "results" / "mask.nii.gz"  # a folder still to be made: a failed run must not leave it behind
     if setup == "exists":
+        out.parent.mkdir()
         out.write_bytes(b"keep me")
     with pytest.raises(AmecamError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
         run_inference(src, out, tiny_bundle, device="cpu", progress=False, **kwargs)
     if setup == "exists":
         assert out.read_bytes() == b"keep me"
     else:
-        assert not out.exists()
+        assert not out.parent.exists()
 
 
 def test_t1_named_file_is_accepted_when_the_user_insists(tmp_path, tiny_bundle):
