@@ -231,12 +231,15 @@ def evaluate(
     seconds: dict[str, float] = {}
     qualitative: list[dict] = []
     scorecam_passes = 0
+    unitless: list[str] = []  # cases whose files do not say their voxel sizes are mm
     started = time.perf_counter()
     for case in tqdm(cases, desc="evaluate", unit="case", disable=None if progress else True):
         loaded = load_case(case)
         prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=reference.strip_skull)
         zs = prepared.brain_slices
         spacing = canonical_spacing(loaded.props.spacing, loaded.orientation)
+        if loaded.props.spacing_unit != "mm":
+            unitless.append(case.case_id)
         shape = loaded.label.shape
         area = shape[0] * shape[1]
         fractions = loaded.label.sum(axis=(0, 1)) / area
@@ -309,6 +312,8 @@ def evaluate(
             for name in variants
         },
         "per_case": {name: [{k: r[k] for k in ("case", "dice", "iou", "hd95")} for r in volume_rows[name]] for name in variants},
+        "distance_unit": distance_unit(len(unitless), len(cases)),
+        "cases_without_spacing_unit": unitless,
         "scorecam": {"budget_channels": options.budget, "forward_passes": scorecam_passes} if "scorecam" in methods else None,
         "seconds": seconds,
         "data": str(data),
@@ -334,24 +339,40 @@ def _versions() -> dict:
             "monai": monai.__version__, "numpy": np.__version__}
 
 
-def _fmt(mean: float, std: float, digits: int = 3) -> str:
+def _fmt(mean: float | None, std: float | None, digits: int = 3) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std or 0:.{digits}f}"
 
 
-def table_markdown(report: dict) -> str:
-    """The Table-1 layout: methods as rows; slice-level and volume-level Dice, IoU, HD95 as columns."""
+def distance_unit(unitless: int, total: int) -> str:
+    """What the HD95 columns are in: mm only when every case's file says its voxel sizes are mm."""
+    if unitless == 0:
+        return "mm"
+    if unitless == total:
+        return "voxel-size units, unit not stated"
+    return "mm; some files state no unit"
+
+
+def table_markdown(report: dict, rows: list[str] | None = None) -> str:
+    """The Table-1 layout: methods as rows; slice-level and volume-level Dice, IoU, HD95 as columns.
+
+    ``rows`` picks and orders the methods (default: all, in the report's order).
+    """
+    unit = report.get("distance_unit", "mm")  # reports written before it was recorded
     lines = [
-        "| Method | Slice Dice | Slice IoU | Slice HD95 (mm) | Volume Dice | Volume IoU | Volume HD95 (mm) |",
+        f"| Method | Slice Dice | Slice IoU | Slice HD95 ({unit}) | Volume Dice | Volume IoU | Volume HD95 ({unit}) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, row in report["methods"].items():
+    for name in rows or list(report["methods"]):
+        if name not in report["methods"]:
+            continue
+        row = report["methods"][name]
         label = method_label(name, fusion=report.get("fusion"))
         s, v = row["slice"], row["volume"]
         lines.append(
-            f"| {label} | {_fmt(s['dice'], s['dice_std'])} | {_fmt(s['iou'], s['iou_std'])} | {_fmt(s['hd95'], s['hd95_std'], 1)} "
-            f"| {_fmt(v['dice'], v['dice_std'])} | {_fmt(v['iou'], v['iou_std'])} | {_fmt(v['hd95'], v['hd95_std'], 1)} |"
+            f"| {label} | {_fmt(s['dice'], s.get('dice_std'))} | {_fmt(s['iou'], s.get('iou_std'))} | {_fmt(s['hd95'], s.get('hd95_std'), 1)} "
+            f"| {_fmt(v['dice'], v.get('dice_std'))} | {_fmt(v['iou'], v.get('iou_std'))} | {_fmt(v['hd95'], v.get('hd95_std'), 1)} |"
         )
     return "\n".join(lines)
 
@@ -371,6 +392,7 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
         "Slice level: every tumour slice, no classifier gating. Volume level: 3-D per case, slices the "
         "classifier calls normal are empty. Mean ± standard deviation; HD95 over the predictions that are "
         "not empty (see `report.json` for counts and the paper's 373.13 convention).",
+        *_unit_note(report),
         "",
         table_markdown(report),
         "",
@@ -385,6 +407,15 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
     (output / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     _boxplot(output / "dice_boxplot.png", slice_rows)
     _qualitative(output / "qualitative.png", qualitative, options.threshold)
+
+
+def _unit_note(report: dict) -> list[str]:
+    unitless = report.get("cases_without_spacing_unit") or []
+    if not unitless:
+        return []
+    return [f"HD95 is in the files' voxel-size units: {len(unitless)} of {report['n_cases']} cases have NIfTI headers "
+            "that state no spatial unit (xyzt_units 'unknown'), so their distances are millimetres only if the "
+            "voxel sizes are."]
 
 
 def _json_default(value):

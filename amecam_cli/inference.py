@@ -201,7 +201,9 @@ def run_inference(
         if result["brain_slices"] == 0:
             logger.warning("%s: no slice has enough brain to segment (is the volume blank or constant?); its mask is empty",
                            job.case.case_id)
-        logger.info("%s -> %s: %.1f ml over %d slices", job.case.case_id, job.mask_path, result["tumour_ml"], result["tumour_slices"])
+        unit_note = "" if props.spacing_unit == "mm" else " (if its voxel sizes are mm: the file states no unit)"
+        logger.info("%s -> %s: %.1f ml%s over %d slices", job.case.case_id, job.mask_path, result["tumour_ml"], unit_note,
+                    result["tumour_slices"])
         logger.info("timings: %s", json.dumps({k: round(v, 3) for k, v in result["seconds"].items()}))
         results.append(result)
     return results

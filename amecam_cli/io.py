@@ -51,7 +51,10 @@ class VolumeProperties:
         format: ``"nifti"``, ``"sitk"`` (NRRD/MHA/MHD) or ``"dicom"``.
         shape: spatial shape ``(x, y, z)``.
         affine: 4x4 voxel-to-world matrix in RAS+ millimetres.
-        spacing: voxel size in mm along x, y, z.
+        spacing: voxel size in mm along x, y, z (a NIfTI file in metres or microns is converted).
+        spacing_unit: ``"mm"`` when the file states its unit (NIfTI ``xyzt_units``; NRRD, MHA and DICOM are
+            millimetres by definition), ``"unknown"`` for a NIfTI file that does not: its voxel sizes are
+            then read as millimetres, which is the usual case but not a fact.
         header: the nibabel header (NIfTI only), reused when writing.
         sitk_info: origin, spacing and direction (SimpleITK formats), reused when writing.
         dicom_tags: patient/study tags of the first DICOM file, copied into written series.
@@ -65,6 +68,7 @@ class VolumeProperties:
     header: Any = None
     sitk_info: dict[str, Any] = field(default_factory=dict)
     dicom_tags: dict[str, str] = field(default_factory=dict)
+    spacing_unit: str = "mm"
 
 
 def volume_suffix(path: str | os.PathLike) -> str:
@@ -131,10 +135,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeProperties]:
             raise ValueError(f"not a NIfTI image ({type(image).__name__})")
     except Exception as exc:  # nibabel raises many types for truncated or corrupt files
         raise AmecamError(f"{path}: cannot read NIfTI volume ({_reason(exc)})") from exc
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    unit = image.header.get_xyzt_units()[0]
+    to_mm = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
+    zooms = tuple(float(z) * to_mm for z in image.header.get_zooms()[:3])
     props = VolumeProperties(
         path=path, format="nifti", shape=tuple(array.shape[:3]), affine=image.affine.copy(), spacing=zooms,
-        header=image.header.copy(),
+        header=image.header.copy(), spacing_unit="unknown" if unit == "unknown" else "mm",
     )
     return array, props
 

@@ -66,23 +66,9 @@ def machine() -> str:
 
 def table(report: dict, rows: list[str] | None = None) -> str:
     """Compact markdown table of a report.json: slice and volume Dice/IoU/HD95 per method."""
-    from amecam_cli.evaluation import method_label
+    from amecam_cli.evaluation import table_markdown
 
-    def fmt(level: dict, key: str, digits: int = 3) -> str:
-        value = level.get(key)
-        if value is None or value != value:
-            return "n/a"
-        return f"{value:.{digits}f} ± {level.get(key + '_std', 0):.{digits}f}"
-
-    lines = ["| Method | Slice Dice | Slice IoU | Slice HD95 (mm) | Volume Dice | Volume IoU | Volume HD95 (mm) |", "|---|---|---|---|---|---|---|"]
-    for name in rows or list(report["methods"]):
-        if name not in report["methods"]:
-            continue
-        row = report["methods"][name]
-        label = method_label(name, fusion=report.get("fusion"))
-        s, v = row["slice"], row["volume"]
-        lines.append(f"| {label} | {fmt(s, 'dice')} | {fmt(s, 'iou')} | {fmt(s, 'hd95', 1)} | {fmt(v, 'dice')} | {fmt(v, 'iou')} | {fmt(v, 'hd95', 1)} |")
-    return "\n".join(lines)
+    return table_markdown(report, rows)
 
 
 def train_and_evaluate(out: Path, train_list: Path, test_list: Path, *, modality: str, epochs: int, attention_epochs: int,

@@ -223,6 +223,10 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     for name in ("report.md", "per_slice.csv", "dice_boxplot.png", "qualitative.png"):
         assert (tmp_path / "r" / name).is_file()
     assert "| Grad-CAM |" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8") and "| Grad-CAM |" in out
+    # the test volumes' headers state no unit, so HD95 is not labelled mm
+    assert report["distance_unit"] == "voxel-size units, unit not stated" and len(report["cases_without_spacing_unit"]) == 6
+    assert "Slice HD95 (voxel-size units, unit not stated)" in out and "(mm)" not in out
+    assert "6 of 6 cases have NIfTI headers that state no spatial unit" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"))
     assert code == 2 and "report folder is not empty" in err
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),
@@ -311,3 +315,15 @@ def test_report_labels_name_the_bundles_fusion(name, fusion, label):
     from amecam_cli.evaluation import method_label
 
     assert method_label(name, fusion=fusion) == label
+
+
+def test_hd95_is_labelled_mm_only_when_every_file_says_so():
+    from amecam_cli.evaluation import distance_unit, table_markdown
+
+    assert distance_unit(0, 3) == "mm"
+    assert distance_unit(1, 3) == "mm; some files state no unit"
+    assert distance_unit(3, 3) == "voxel-size units, unit not stated"
+    row = {"dice": 0.5, "dice_std": 0.1, "iou": 0.4, "iou_std": 0.1, "hd95": 3.0, "hd95_std": 1.0}
+    report = {"methods": {"amecam": {"slice": row, "volume": row}}}
+    assert "Slice HD95 (mm)" in table_markdown(report)  # a report written before the unit was recorded
+    assert "Volume HD95 (mm; some files state no unit)" in table_markdown({**report, "distance_unit": distance_unit(1, 3)})

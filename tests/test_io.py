@@ -88,6 +88,16 @@ def test_dicom_folder_in_dicom_series_out(tmp_path):
     np.testing.assert_allclose(nib.load(str(tmp_path / "mask.nii.gz")).affine, props.affine, atol=1e-4)
 
 
+@pytest.mark.parametrize(("unit", "spacing", "stated"), [("mm", 2.0, "mm"), ("meter", 2000.0, "mm"), ("micron", 0.002, "mm"), (None, 2.0, "unknown")])
+def test_voxel_sizes_are_read_in_mm_and_an_unstated_unit_is_recorded(tmp_path, unit, spacing, stated):
+    image = nib.Nifti1Image(_volume(), np.diag([2.0, 2.0, 2.0, 1.0]))
+    if unit:
+        image.header.set_xyzt_units(unit)
+    nib.save(image, str(tmp_path / "img.nii.gz"))
+    _, props = read_volume(tmp_path / "img.nii.gz")
+    assert props.spacing == pytest.approx((spacing,) * 3) and props.spacing_unit == stated
+
+
 def test_write_refuses_existing_output_and_mismatched_shape(tmp_path):
     src = save_nifti(tmp_path / "img.nii.gz", _volume())
     array, props = read_volume(src)
