@@ -70,7 +70,7 @@ def synth(output: str, n_cases: int = 8, seed: int = 0, overwrite: bool = False)
     Example: amecam synth cohort/ --n_cases 8 --seed 0
 
     Args:
-        output: folder to write the cohort into (created if missing).
+        output: folder to write the cohort into (-o, or first argument; created if missing).
         n_cases: number of cases (240x240x155, flair/t1/t1ce/t2 + seg).
         seed: random seed; the same seed always gives the same cohort.
         overwrite: replace a cohort made with another seed.
@@ -579,7 +579,7 @@ def demo(output: str = "demo_output", n_cases: int = 8, seed: int = 0) -> None:
     Example: amecam demo -o demo_output
 
     Args:
-        output: folder for the cohort, slices, bundle, masks and figure (reused when rerun).
+        output: folder for the cohort, slices, bundle, masks and figure (-o; reused when rerun).
         n_cases: number of synthetic cases.
         seed: seed of the cohort and the split.
     """
@@ -632,18 +632,43 @@ def _configure_logging(debug: bool) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module="monai")
 
 
+_OUTPUT_OPTIONS = ("output", "output_dir")
+
+
+def _short_flags(command) -> dict[str, str]:
+    """One-letter flags of a command: ``-o`` is its output option; any other letter that starts exactly one
+    option with a default stands for it (the rule the help screens show; ``-h`` stays help).
+    """
+    params = inspect.signature(command).parameters
+    options = [name for name, p in params.items() if p.default is not inspect.Parameter.empty]
+    letters = [name[0] for name in options]
+    table = {name[0]: name for name in options if letters.count(name[0]) == 1 and name[0] not in "oh"}
+    output = next((name for name in _OUTPUT_OPTIONS if name in params), None)
+    if output is not None:
+        table["o"] = output
+    return table
+
+
+def _help_short_flags(flags: list[str]) -> list[str]:
+    """Replaces Fire's choice of short flags on help screens, so that they show the ones :func:`main` takes.
+
+    Fire marks flags by letter, so ``-o`` cannot be shown on the output option alone; its description says (-o).
+    """
+    letters = [name[0] for name in flags]
+    return [name[0] for name in flags if letters.count(name[0]) == 1 and name[0] not in "oh"]
+
+
 def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
-    """``-o`` is short for the command's output option (``--output``, or ``--output_dir`` for train)."""
-    target = "--output"
+    """Expand one-letter flags (see :func:`_short_flags`) to the long options Fire knows."""
     if argv and argv[0] in commands:
-        params = inspect.signature(commands[argv[0]]).parameters
-        target = "--output" if "output" in params else "--output_dir" if "output_dir" in params else "--output"
+        table = _short_flags(commands[argv[0]])
+    else:
+        table = {"o": "output"}
     out = []
     for token in argv:
-        if token == "-o":
-            out.append(target)
-        elif token.startswith("-o="):
-            out.append(f"{target}={token[3:]}")
+        key, equals, value = token.partition("=")
+        if len(key) == 2 and key[0] == "-" and key[1] in table:
+            out.append(f"--{table[key[1]]}{equals}{value}")
         else:
             out.append(token)
     return out
@@ -709,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amecam {__version__}")
         return 0
     _configure_logging(debug)
+    if hasattr(fire.helptext, "_GetShortFlags"):  # help screens list the short flags amecam takes, not Fire's own
+        fire.helptext._GetShortFlags = _help_short_flags
     commands = _commands()
     argv = _translate_short_flags(argv, commands)
     try:

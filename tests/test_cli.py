@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -54,6 +55,26 @@ def test_slice_end_to_end_with_short_output_flag(capsys, tiny_dataset, tmp_path)
     with open(tmp_path / "s" / "manifest.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["case"] for r in rows} == {f"CASE_{i:02d}" for i in range(6)}
+
+
+def test_every_short_flag_on_a_help_screen_is_taken(capsys, tiny_dataset, tmp_path):
+    import re
+
+    from amecam_cli.cli import _commands, _short_flags
+
+    for name, command in _commands().items():
+        code, out, err = run(capsys, name, "--help")
+        shown = dict(re.findall(r"^ +-(\w), --(\w+)=", out + err, flags=re.M))
+        table = _short_flags(command)
+        assert all(table[letter] == option for letter, option in shown.items()), (name, shown, table)
+        assert name == "export" or shown, name  # the pattern still finds them
+        assert "o" not in shown and table.get("o") in (None, "output", "output_dir")  # -o is output, never --overwrite
+    code, _, err = run(capsys, "slice", str(tiny_dataset), "-o", str(tmp_path / "s"), "-i", "16", "-v=0.5")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "s" / "dataset.json").read_text(encoding="utf-8"))["settings"]
+    assert settings["image_size"] == 16 and settings["val_fraction"] == 0.5
+    code, _, err = run(capsys, "synth", "-o", str(tmp_path / "c"), "-n", "0")
+    assert code == 2 and "n_cases" in err and not (tmp_path / "c").exists()
 
 
 def test_numeric_looking_paths_stay_strings(capsys, tmp_path, monkeypatch):
