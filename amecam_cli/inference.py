@@ -22,7 +22,7 @@ from amecam_bundle.scripts.preprocess import from_canonical
 from .bundle import LoadedBundle, open_bundle
 from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases, load_case, parse_modalities
 from .errors import AmecamError
-from .io import NIFTI_SUFFIXES, check_outputs_apart, check_writable, output_format, volume_suffix, write_volume
+from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, check_outputs_apart, check_writable, output_format, volume_suffix, write_volume
 
 __all__ = ["InferenceJob", "plan_jobs", "run_inference"]
 
@@ -114,17 +114,20 @@ def plan_jobs(
         jobs = [InferenceJob(case, output, save_cam)]
     else:
         cases = find_cases(source, expected, pattern=pattern, require_label=False)
-        if len(cases) == 1 and not output_folder and volume_suffix(output) in NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd"):
-            jobs = [InferenceJob(cases[0], output, save_cam)]
-        else:
-            if output.exists() and not output.is_dir():
-                raise AmecamError(f"{output}: for {len(cases)} cases -o must be a folder")
-            jobs = []
-            for case in cases:
-                first = case.images[expected[0]]
-                suffix = volume_suffix(first) if first.is_file() else ".nii.gz"
-                jobs.append(InferenceJob(case, output / f"{case.case_id}_{result}{suffix}",
-                                         (save_cam / f"{case.case_id}_cam{suffix}") if save_cam else None))
+        one_file = len(cases) == 1 and not output_folder and volume_suffix(output) in NIFTI_SUFFIXES + SITK_SUFFIXES
+        if not one_file and output.exists() and not output.is_dir():
+            if len(cases) == 1:
+                raise AmecamError(f"{output}: a file whose name is no volume format; -o must end in one of "
+                                  f"{', '.join(NIFTI_SUFFIXES + SITK_SUFFIXES)} or name a folder")
+            raise AmecamError(f"{output}: {source} holds {len(cases)} cases, so -o must be a folder, not a file")
+        jobs = []
+        for case in cases:
+            first = case.images[expected[0]]
+            suffix = volume_suffix(first) if first.is_file() else ".nii.gz"
+            cam_path = save_cam
+            if save_cam is not None and (cam_folder or not one_file):
+                cam_path = save_cam / f"{case.case_id}_cam{suffix}"
+            jobs.append(InferenceJob(case, output if one_file else output / f"{case.case_id}_{result}{suffix}", cam_path))
     for job in jobs:  # a name that cannot be written fails now, not after the mask is written
         dicom = job.case.images[expected[0]].is_dir()
         for path in (job.mask_path, job.cam_path):

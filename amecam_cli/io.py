@@ -284,14 +284,29 @@ def check_outputs_apart(outputs: Iterable[str | os.PathLike | None], inputs: Ite
         written[key] = Path(out)
 
 
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")  # a header file naming a data file beside it
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Nothing half-written is ever left under the final name: on error the temporary is removed.
+    Nothing half-written is ever left under the final name: on error the temporary is removed. A format
+    with a detached header (``.nhdr``, ``.mhd``) is written under its final name in a hidden folder, so
+    that the data file it names is the final one too; the data file is moved into place before the header.
     """
     path = Path(path)
     suffix = volume_suffix(path) if path.suffix else ""
+    if suffix in DETACHED_HEADER_SUFFIXES:
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        staging.mkdir()
+        try:
+            yield staging / path.name
+            for part in sorted(staging.iterdir(), key=lambda p: p.name == path.name):  # the header last
+                os.replace(part, path.with_name(part.name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         yield tmp

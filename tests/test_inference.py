@@ -68,6 +68,18 @@ def test_a_dataset_folder_gives_one_mask_per_case(tmp_path, tiny_bundle, tiny_da
     assert len(results) == 6
 
 
+def test_a_case_folder_takes_a_mask_file_and_a_map_folder(tmp_path, tiny_bundle, tiny_dataset):
+    case = tiny_dataset / "CASE_01"
+    run_inference(case, tmp_path / "m.nrrd", tiny_bundle, save_cam=f"{tmp_path}/maps/", device="cpu", progress=False)
+    assert (tmp_path / "m.nrrd").is_file() and [p.name for p in (tmp_path / "maps").iterdir()] == ["CASE_01_cam.nii.gz"]
+    (tmp_path / "notes").write_text("keep", encoding="utf-8")
+    with pytest.raises(AmecamError, match="notes: a file whose name is no volume format; -o must end in one of .*or name a folder"):
+        run_inference(case, tmp_path / "notes", tiny_bundle, device="cpu", progress=False)
+    with pytest.raises(AmecamError, match="notes: .* holds 6 cases, so -o must be a folder, not a file"):
+        run_inference(tiny_dataset, tmp_path / "notes", tiny_bundle, device="cpu", progress=False)
+    assert (tmp_path / "notes").read_text(encoding="utf-8") == "keep"
+
+
 def test_crf_and_threshold_change_the_mask(tmp_path, tiny_bundle):
     src = _volume(tmp_path)
     run_inference(src, tmp_path / "low.nii.gz", tiny_bundle, threshold=0.2, device="cpu", progress=False)

@@ -34,7 +34,7 @@ def test_nifti_mask_round_trip_keeps_affine_and_header(tmp_path, suffix):
     assert nib.aff2axcodes(written.affine) == ("L", "P", "S")
 
 
-@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nhdr", ".mhd"])
 def test_sitk_formats_round_trip_geometry(tmp_path, suffix):
     image = sitk.GetImageFromArray(_volume().transpose(2, 1, 0))
     image.SetSpacing((0.8, 0.9, 3.0))
@@ -52,6 +52,13 @@ def test_sitk_formats_round_trip_geometry(tmp_path, suffix):
     assert mask.GetSpacing() == pytest.approx(image.GetSpacing())
     assert mask.GetOrigin() == pytest.approx(image.GetOrigin())
     assert mask.GetDirection() == pytest.approx(image.GetDirection())
+    # a detached header names the data file written beside it under its final name, and no temporary is left
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("mask", ".")))
+    data_files = {".nhdr": ["mask.nhdr", "mask.raw.gz"], ".mhd": ["mask.mhd", "mask.zraw"]}
+    assert written == data_files.get(suffix, [f"mask{suffix}"])
+    if suffix in data_files:
+        header = (tmp_path / f"mask{suffix}").read_bytes()
+        assert data_files[suffix][1].encode() in header and b".tmp" not in header
 
 
 def _dicom_series(folder: Path, array: np.ndarray) -> None:
