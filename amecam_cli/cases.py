@@ -168,8 +168,9 @@ def _loose_files_hint(source: Path, modalities: tuple[str, ...]) -> str:
     if not loose:
         return ""
     suffix = volume_suffix(loose[0])
-    example = f"{modalities[0]}={{case}}_{modalities[0]}{suffix}"
-    return f"; it holds {len(loose)} volume file(s) directly, e.g. {loose[0]}: for files named <case>_{modalities[0]}{suffix} pass --pattern \"{example}\""
+    named = ", ".join(f"<case>_{m}{suffix}" for m in (*modalities, "seg"))
+    return (f"; it holds {len(loose)} volume file(s) directly, e.g. {loose[0]}: for files named {named} "
+            f"pass --pattern \"{{case}}_{{modality}}{suffix}\"")
 
 
 def _brats23_name(modality: str) -> str:
@@ -253,7 +254,8 @@ def _case_from_entry(entry: Mapping[str, Any], modalities: tuple[str, ...], root
         if isinstance(value, list):
             raise AmecamError(f"{where}: give one file per modality key (flair, t1, ...), not a list under {modality!r}")
         if value is None:
-            raise AmecamError(f"{where}: no {modality!r} file (keys: {', '.join(entry)})")
+            multi = f"; a {'+'.join(modalities)} bundle reads one key per modality, not 'image'" if "image" in keys else ""
+            raise AmecamError(f"{where}: no {modality!r} file (keys: {', '.join(entry)}){multi}")
         images[modality] = _resolve(root, value, where)
     label = next((keys[k] for k in _LABEL_KEYS if keys.get(k)), None)
     brain = next((keys[k] for k in _BRAIN_KEYS if keys.get(k)), None)

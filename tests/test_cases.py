@@ -69,6 +69,9 @@ def test_datalist_json_with_relative_paths(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"case": "x", "flair": "nope.nii.gz"}]), encoding="utf-8")
     with pytest.raises(AmecamError, match="entry 0: .*nope.nii.gz: no such file"):
         find_cases(tmp_path / "bad.json", "flair")
+    (tmp_path / "multi.json").write_text(json.dumps([{"image": ["imgs/p2_F.nii.gz", "imgs/p2_F.nii.gz"]}]), encoding="utf-8")
+    with pytest.raises(AmecamError, match=r"entry 0: no 'flair' file \(keys: image\); a flair\+t1ce bundle reads one key per modality"):
+        find_cases(tmp_path / "multi.json", "flair,t1ce", require_label=False)
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(AmecamError, match="cannot read datalist JSON"):
         find_cases(tmp_path / "broken.json", "flair")
@@ -95,14 +98,19 @@ def test_pattern_errors(tmp_path):
 
 
 def test_a_folder_of_loose_volumes_is_told_the_pattern_that_reads_it(tmp_path):
-    image, _ = planted_case()
+    import re
+
+    image, seg = planted_case()
     for case in ("pA", "pB"):
         save_nifti(tmp_path / f"{case}_flair.nii.gz", image)
-    with pytest.raises(AmecamError, match=r"found no cases .*holds 2 volume file\(s\) directly, e.g. pA_flair.nii.gz: "
-                                          r'.*--pattern "flair=\{case\}_flair.nii.gz"'):
-        find_cases(tmp_path, "flair", require_label=False)
-    cases = find_cases(tmp_path, "flair", pattern="flair={case}_flair.nii.gz", require_label=False)  # the hint works
-    assert [c.case_id for c in cases] == ["pA", "pB"]
+        save_nifti(tmp_path / f"{case}_t1ce.nii.gz", image)
+        save_nifti(tmp_path / f"{case}_seg.nii.gz", seg)
+    with pytest.raises(AmecamError, match=r"found no cases .*holds 6 volume file\(s\) directly, e.g. pA_flair.nii.gz: "
+                                          r"for files named <case>_flair.nii.gz, <case>_t1ce.nii.gz, <case>_seg.nii.gz") as raised:
+        find_cases(tmp_path, "flair,t1ce")
+    hint = re.search(r'--pattern "([^"]+)"', str(raised.value)).group(1)
+    cases = find_cases(tmp_path, "flair,t1ce", pattern=hint)  # the hint works, labels included
+    assert [c.case_id for c in cases] == ["pA", "pB"] and all(c.label is not None for c in cases)
     (tmp_path / "empty").mkdir()
     with pytest.raises(AmecamError, match=r"found no cases with flair \(expected [^;]*\)$"):  # no loose volumes, no hint
         find_cases(tmp_path / "empty", "flair")
