@@ -284,7 +284,13 @@ def test_bundle_predict_files_never_writes_over_its_input(tmp_path, tiny_bundle)
         predictor.predict_files(str(case), "")
     with pytest.raises(ValueError, match="image must name the volume to segment"):  # inference.yaml's image: "" unset
         predictor.predict_files("", str(tmp_path / "m.nii.gz"))
-    assert case.read_bytes() == before and not (tmp_path / "m.nii.gz").exists()
+    with pytest.raises(ValueError, match="m.nrrd: the bundle reads and writes NIfTI only, so --output must end in .nii.gz"):
+        predictor.predict_files(str(case), str(tmp_path / "m.nrrd"))
+    with pytest.raises(ValueError, match="c.mha: .*--cam_output must end in"):
+        predictor.predict_files(str(case), str(tmp_path / "m.nii.gz"), str(tmp_path / "c.mha"))
+    with pytest.raises(ValueError, match="p.mha: .*--image must end in"):
+        predictor.predict_files(str(tmp_path / "p.mha"), str(tmp_path / "m.nii.gz"))
+    assert case.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p_flair.nii.gz"]
 
 
 def test_fusion_is_refused_on_a_run_whose_configs_predate_it(tmp_path, tiny_bundle, capsys):

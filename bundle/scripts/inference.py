@@ -223,6 +223,11 @@ class VolumePredictor:
         if not output:
             msg = "output must name the mask file to write (--output mask.nii.gz)"
             raise ValueError(msg)
+        for name, what in [(name, "image") for name in files] + [(output, "output"), (cam_output, "cam_output")]:
+            if name and not str(name).lower().endswith((".nii", ".nii.gz")):
+                msg = (f"{name}: the bundle reads and writes NIfTI only, so --{what} must end in .nii.gz or .nii "
+                       "(amecam infer also takes NRRD, MHA and DICOM)")
+                raise ValueError(msg)
         sources = {Path(name).resolve() for name in files}
         for path in (output, cam_output):
             if path and Path(path).resolve() in sources:
