@@ -246,7 +246,7 @@ def infer(
 
     Args:
         volume: a volume file (NIfTI, NRRD, MHA) or DICOM series folder; a case folder; or a dataset folder / datalist .json.
-        output: mask file (-o), or a folder (existing, or a name ending in /) that gets <case>_mask<suffix>; a folder when VOLUME holds several cases.
+        output: mask file (-o), or a folder (existing, or a name ending in /) that gets <case>_mask<suffix> (a series folder <case>_mask for a DICOM series); a folder when VOLUME holds several cases.
         bundle: trained bundle folder or exported .zip.
         threshold: map value from which a pixel is tumour (default 0.5).
         crf: refine with DenseCRF around the candidate tumour.

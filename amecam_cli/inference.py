@@ -107,10 +107,9 @@ def plan_jobs(
                 f"pass --modality {expected[0]} if it really is {expected[0]}"
             )
         case = Case(case_id=source.name.split(".")[0], images={expected[0]: source})
-        if source.is_file():  # (a DICOM series may be written as a series into an output folder)
-            suffix = volume_suffix(source)
-            output = output / f"{case.case_id}_{result}{suffix}" if output_folder else output
-            save_cam = save_cam / f"{case.case_id}_cam{suffix}" if cam_folder else save_cam
+        suffix = volume_suffix(source) if source.is_file() else ""  # a DICOM series gives series folders
+        output = output / f"{case.case_id}_{result}{suffix}" if output_folder else output
+        save_cam = save_cam / f"{case.case_id}_cam{suffix}" if cam_folder else save_cam
         jobs = [InferenceJob(case, output, save_cam)]
     else:
         cases = find_cases(source, expected, pattern=pattern, require_label=False)

@@ -68,6 +68,25 @@ def test_a_dataset_folder_gives_one_mask_per_case(tmp_path, tiny_bundle, tiny_da
     assert len(results) == 6
 
 
+def test_a_dicom_series_into_a_folder_gets_series_folders(tmp_path, tiny_bundle):
+    """-o FOLDER for a DICOM series: <case>_mask is a series folder inside it, as a file input gets <case>_mask.nii.gz."""
+    from amecam_cli.io import read_volume
+
+    from .test_io import _dicom_series
+
+    image, _ = planted_case(seed=11)
+    _dicom_series(tmp_path / "patient_flair", image)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "notes.txt").write_text("keep", encoding="utf-8")
+    run_inference(tmp_path / "patient_flair", tmp_path / "masks", tiny_bundle, save_cam=f"{tmp_path}/maps/", device="cpu", progress=False)
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["notes.txt", "patient_flair_mask"]
+    mask, props = read_volume(tmp_path / "masks" / "patient_flair_mask")
+    _, source = read_volume(tmp_path / "patient_flair")
+    assert props.format == "dicom" and mask.shape == image.shape and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_allclose(props.affine, source.affine, atol=1e-4)
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["patient_flair_cam"]
+
+
 def test_a_case_folder_takes_a_mask_file_and_a_map_folder(tmp_path, tiny_bundle, tiny_dataset):
     case = tiny_dataset / "CASE_01"
     run_inference(case, tmp_path / "m.nrrd", tiny_bundle, save_cam=f"{tmp_path}/maps/", device="cpu", progress=False)
