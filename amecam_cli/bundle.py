@@ -303,6 +303,10 @@ def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = Non
         raise AmecamError(f"{output}: the export must be a .zip file")
     if output.exists() and not overwrite:
         raise AmecamError(f"{output}: already exists (pass --overwrite to replace it)")
+    packed = [root / name for name in EXPORTED if (root / name).is_dir()]
+    inside = next((folder for folder in packed if output.resolve().is_relative_to(folder.resolve())), None)
+    if inside is not None:
+        raise AmecamError(f"{output}: inside the bundle's {inside.name}/ folder, which the export packs; write the zip elsewhere")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -315,7 +319,8 @@ def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = Non
                 source = root / name
                 if source.is_dir():
                     for file in sorted(source.rglob("*")):
-                        if file.is_file() and "__pycache__" not in file.parts:
+                        hidden = any(part.startswith(".") for part in file.relative_to(root).parts)
+                        if file.is_file() and "__pycache__" not in file.parts and not hidden:
                             zf.write(file, f"{top}/{file.relative_to(root).as_posix()}")
                 elif source.is_file():
                     zf.write(source, f"{top}/{name}")

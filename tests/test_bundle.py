@@ -38,6 +38,20 @@ def test_export_and_verify_offline(tmp_path, tiny_bundle):
         export_bundle(tiny_bundle, archive)
 
 
+def test_export_never_packs_itself_or_hidden_leftovers(tmp_path, tiny_bundle):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    (run / "configs" / ".metadata.json.tmp").write_text("left by a crash", encoding="utf-8")
+    with pytest.raises(AmecamError, match="x.zip: inside the bundle's configs/ folder, which the export packs"):
+        export_bundle(run, run / "configs" / "x.zip")
+    assert sorted(p.name for p in (run / "configs").iterdir() if p.suffix in (".zip", ".tmp")) == [".metadata.json.tmp"]
+    with zipfile.ZipFile(export_bundle(run, run / "run.zip")) as zf:  # beside the packed folders is fine
+        names = zf.namelist()
+    assert "run/configs/metadata.json" in names and not any("/." in n or n.endswith(".zip") for n in names)
+
+
 def test_verify_reports_a_broken_bundle(tmp_path, tiny_bundle):
     import json
     import shutil
