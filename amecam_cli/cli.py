@@ -658,19 +658,45 @@ def _help_short_flags(flags: list[str]) -> list[str]:
     return [name[0] for name in flags if letters.count(name[0]) == 1 and name[0] not in "oh"]
 
 
+_SWITCH_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _switch_value(name: str, value: str) -> bool:
+    """--overwrite=false must mean false (Fire would pass the string 'false', which is truthy)."""
+    if value.lower() not in _SWITCH_WORDS:
+        raise AmecamError(f"--{name} is a switch: give --{name} or --no{name} (or --{name}=true/false), got {value!r}")
+    return _SWITCH_WORDS[value.lower()]
+
+
 def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
-    """Expand one-letter flags (see :func:`_short_flags`) to the long options Fire knows."""
+    """Expand one-letter flags (see :func:`_short_flags`) to the long options Fire knows, and bind each switch
+    to its value, so that ``--crf patient.nii.gz`` never takes the volume as the switch's value.
+    """
+    table, switches = {"o": "output"}, set()
     if argv and argv[0] in commands:
         table = _short_flags(commands[argv[0]])
-    else:
-        table = {"o": "output"}
+        params = inspect.signature(commands[argv[0]]).parameters
+        switches = {name for name, p in params.items() if isinstance(p.default, bool)}
     out = []
-    for token in argv:
+    index = 0
+    while index < len(argv):
+        token = argv[index]
         key, equals, value = token.partition("=")
         if len(key) == 2 and key[0] == "-" and key[1] in table:
-            out.append(f"--{table[key[1]]}{equals}{value}")
-        else:
-            out.append(token)
+            key = f"--{table[key[1]]}"
+            token = f"{key}{equals}{value}"
+        name = key.lstrip("-").replace("-", "_")
+        if key.startswith("--") and name in switches:
+            if equals:
+                token = f"{key}={_switch_value(name, value)}"
+            elif index + 1 < len(argv) and argv[index + 1].lower() in _SWITCH_WORDS:  # --crf false
+                token, index = f"{key}={_switch_value(name, argv[index + 1])}", index + 1
+            else:
+                token = f"{key}=True"
+        elif key.startswith("--no") and not equals and name[2:] in switches:
+            token = f"--{name[2:]}=False"
+        out.append(token)
+        index += 1
     return out
 
 
@@ -737,8 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(fire.helptext, "_GetShortFlags"):  # help screens list the short flags amecam takes, not Fire's own
         fire.helptext._GetShortFlags = _help_short_flags
     commands = _commands()
-    argv = _translate_short_flags(argv, commands)
     try:
+        argv = _translate_short_flags(argv, commands)
         _check_arguments(commands, argv)
         fire.Fire(commands, command=argv, name="amecam")
     except AmecamError as exc:

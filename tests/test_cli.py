@@ -186,6 +186,25 @@ def test_infer_into_a_new_folder_named_with_a_trailing_slash(capsys, tmp_path, t
     assert (tmp_path / "masks" / "p_flair_mask.nii.gz").is_file() and (tmp_path / "maps" / "p_flair_cam.nii.gz").is_file()
 
 
+def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path, tiny_bundle):
+    from amecam_cli.cli import _commands, _translate_short_flags
+
+    commands = _commands()
+    assert _translate_short_flags(["infer", "--crf", "v.nii.gz", "-o", "m.nii.gz"], commands) == [
+        "infer", "--crf=True", "v.nii.gz", "--output", "m.nii.gz"]
+    assert _translate_short_flags(["infer", "v", "--overwrite", "no", "--nocrf", "-c=false"], commands) == [
+        "infer", "v", "--overwrite=False", "--crf=False", "--crf=False"]
+    image, _ = planted_case()
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image)
+    (tmp_path / "m.nii.gz").write_bytes(b"keep me")
+    for words in (["--overwrite=false"], ["--overwrite", "no"], ["--overwrite=False"]):  # 'false' and 'no' once replaced it
+        code, _, err = run(capsys, "infer", "--crf", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), *words)
+        assert code == 2 and "output already exists" in err, (words, err)
+    assert (tmp_path / "m.nii.gz").read_bytes() == b"keep me"
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), "--crf=maybe")
+    assert code == 2 and "--crf is a switch: give --crf or --nocrf" in err
+
+
 def test_infer_warns_on_a_blank_volume(capsys, tmp_path, tiny_bundle):
     """A blank volume (a failed conversion, say) has no brain to segment: the empty mask it gets is
     written, and a warning line says why, instead of a plain "0.0 ml" that reads like a tumour-free scan."""
