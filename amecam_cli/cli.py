@@ -676,7 +676,7 @@ def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
     if argv and argv[0] in commands:
         table = _short_flags(commands[argv[0]])
         params = inspect.signature(commands[argv[0]]).parameters
-        switches = {name for name, p in params.items() if isinstance(p.default, bool)}
+        switches = {name for name, p in params.items() if isinstance(p.default, bool) or str(p.annotation).startswith("bool")}
     out = []
     index = 0
     while index < len(argv):

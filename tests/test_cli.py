@@ -194,6 +194,7 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
         "infer", "--crf=True", "v.nii.gz", "--output", "m.nii.gz"]
     assert _translate_short_flags(["infer", "v", "--overwrite", "no", "--nocrf", "-c=false"], commands) == [
         "infer", "v", "--overwrite=False", "--crf=False", "--crf=False"]
+    assert _translate_short_flags(["train", "--skull_strip", "data"], commands) == ["train", "--skull_strip=True", "data"]  # bool | None
     image, _ = planted_case()
     src = save_nifti(tmp_path / "p_flair.nii.gz", image)
     (tmp_path / "m.nii.gz").write_bytes(b"keep me")
