@@ -681,6 +681,9 @@ def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
     index = 0
     while index < len(argv):
         token = argv[index]
+        if token == "--":  # the rest is Fire's own (amecam infer -- --help)
+            out.extend(argv[index:])
+            break
         key, equals, value = token.partition("=")
         if len(key) == 2 and key[0] == "-" and key[1] in table:
             key = f"--{table[key[1]]}"

@@ -195,6 +195,7 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
     assert _translate_short_flags(["infer", "v", "--overwrite", "no", "--nocrf", "-c=false"], commands) == [
         "infer", "v", "--overwrite=False", "--crf=False", "--crf=False"]
     assert _translate_short_flags(["train", "--skull_strip", "data"], commands) == ["train", "--skull_strip=True", "data"]  # bool | None
+    assert _translate_short_flags(["infer", "--", "--crf", "-t"], commands) == ["infer", "--", "--crf", "-t"]  # Fire's own part
     image, _ = planted_case()
     src = save_nifti(tmp_path / "p_flair.nii.gz", image)
     (tmp_path / "m.nii.gz").write_bytes(b"keep me")
