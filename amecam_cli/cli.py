@@ -641,8 +641,8 @@ def _short_flags(command) -> dict[str, str]:
     """
     params = inspect.signature(command).parameters
     options = [name for name, p in params.items() if p.default is not inspect.Parameter.empty]
-    letters = [name[0] for name in options]
-    table = {name[0]: name for name in options if letters.count(name[0]) == 1 and name[0] not in "oh"}
+    letters = set(_help_short_flags(options))
+    table = {name[0]: name for name in options if name[0] in letters}
     output = next((name for name in _OUTPUT_OPTIONS if name in params), None)
     if output is not None:
         table["o"] = output

@@ -50,7 +50,8 @@ class VolumeProperties:
         path: where the volume was read from.
         format: ``"nifti"``, ``"sitk"`` (NRRD/MHA/MHD) or ``"dicom"``.
         shape: spatial shape ``(x, y, z)``.
-        affine: 4x4 voxel-to-world matrix in RAS+ millimetres.
+        affine: 4x4 voxel-to-world matrix in RAS+, in the file's units (millimetres unless a NIfTI header says
+            metres or microns; ``spacing`` is always converted to mm).
         spacing: voxel size in mm along x, y, z (a NIfTI file in metres or microns is converted).
         spacing_unit: ``"mm"`` when the file states its unit (NIfTI ``xyzt_units``; NRRD, MHA and DICOM are
             millimetres by definition), ``"unknown"`` for a NIfTI file that does not: its voxel sizes are
