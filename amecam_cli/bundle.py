@@ -374,6 +374,7 @@ def verify_bundle(path: str | os.PathLike, *, device: str = "cpu") -> list[tuple
     try:
         scripted = torch.jit.load(str(ts_path), map_location=device)
         x = torch.rand(2, len(bundle.modalities), bundle.image_size, bundle.image_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(device)
         network = bundle.network.to(device)
         with torch.no_grad():
             diff = float((network(x) - scripted(x)).abs().max())

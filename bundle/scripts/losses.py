@@ -40,7 +40,7 @@ class MultiExitBCELoss(nn.Module):
             raise ValueError(msg)
         target = target.float().view(-1, 1).expand_as(logits)
         per_exit = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=0)
-        return (per_exit * self.weights.to(per_exit.dtype)).sum()
+        return (per_exit * self.weights.to(per_exit)).sum()  # the loss may meet logits on another device (validation on the CPU)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
