@@ -190,10 +190,23 @@ def resolve_attention_polarity(network: AMECAMNet, batches, device: torch.device
     return polarity
 
 
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested in dicts, lists, tuples) on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((key, _on_cpu(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(value) for value in obj)
+    return obj
+
+
 def _save(obj: Any, path: Path) -> None:
+    """Save ``obj`` atomically, its tensors on the CPU: weights trained on a GPU load anywhere, even
+    with a bare ``torch.load`` on a machine without one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    torch.save(_on_cpu(obj), tmp)
     os.replace(tmp, path)
 
 
@@ -345,7 +358,7 @@ class ClassifierTrainer(_Stage):
             generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
             order = balanced_epoch(train.labels, rng, balance=self.balance)
             self.network.train()
-            total, seen, started = 0.0, 0, time.perf_counter()
+            total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"stage 1 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, y in train.batches(order, self.batch_size):
                     x = self._to_device(augment(x, generator, affine=self.affine))
@@ -355,9 +368,10 @@ class ClassifierTrainer(_Stage):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += float(loss.detach()) * len(y)
+                    total += loss.detach() * len(y)  # summed on the device: no host round-trip per batch
                     seen += len(y)
                     bar.update(len(y))
+            total = float(total)  # waits for the device, so the time below is the epoch's
             elapsed = time.perf_counter() - started
             scheduler.step()
             metrics = self.validate(val) if len(val) else {"auc": [math.nan] * 4, "loss": math.nan}
@@ -462,7 +476,7 @@ class AttentionTrainer(_Stage):
             if len(order) % self.batch_size == 1:
                 order = order[:-1]  # the losses need pairs
             self.network.aggregator.train()
-            totals, seen, started = {"ff": 0.0, "fb": 0.0, "bb": 0.0, "loss": 0.0}, 0, time.perf_counter()
+            totals, seen, started = {k: torch.zeros((), device=self.device) for k in ("ff", "fb", "bb", "loss")}, 0, time.perf_counter()
             with self._bar(len(order), f"stage 2 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, _ in train.batches(order, self.batch_size):
                     x = self._to_device(augment(x, generator, affine=self.affine))
@@ -472,9 +486,10 @@ class AttentionTrainer(_Stage):
                     terms["loss"].backward()
                     optimizer.step()
                     for key in totals:
-                        totals[key] += float(terms[key].detach()) * len(x)
+                        totals[key] += terms[key].detach().float() * len(x)
                     seen += len(x)
                     bar.update(len(x))
+            totals = {key: float(value) for key, value in totals.items()}
             elapsed = time.perf_counter() - started
             scheduler.step()
             val_loss = self.validate(val) if len(val) >= 2 else math.nan
@@ -535,7 +550,7 @@ class SimCLRTrainer(_Stage):
                 order = order[:-1]
             generator = torch.Generator().manual_seed(self.seed * 1000 + 200 + epoch)
             self.network.train()
-            total, seen, started = 0.0, 0, time.perf_counter()
+            total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"stage 0 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, _ in data.batches(order, self.batch_size):
                     v1, v2 = simclr_views(x, generator)
@@ -546,9 +561,10 @@ class SimCLRTrainer(_Stage):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += float(loss.detach()) * len(x)
+                    total += loss.detach() * len(x)
                     seen += len(x)
                     bar.update(len(x))
+            total = float(total)
             elapsed = time.perf_counter() - started
             scheduler.step()
             history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "slices_per_s": seen / elapsed, "seconds": elapsed})

@@ -118,7 +118,7 @@ class SegmentationTrainer(_Stage):
             generator = torch.Generator().manual_seed(self.seed * 1000 + 300 + epoch)
             order = balanced_epoch(train.labels, rng)
             self.network.train()
-            total, seen, started = 0.0, 0, time.perf_counter()
+            total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"segmentation epoch {epoch + 1}/{self.epochs}") as bar:
                 for begin in range(0, len(order), self.batch_size):
                     indices = order[begin : begin + self.batch_size]
@@ -132,9 +132,10 @@ class SegmentationTrainer(_Stage):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += float(loss.detach()) * len(indices)
+                    total += loss.detach() * len(indices)  # summed on the device: no host round-trip per batch
                     seen += len(indices)
                     bar.update(len(indices))
+            total = float(total)
             elapsed = time.perf_counter() - started
             scheduler.step()
             val_dice = self.validate(val) if len(val) else math.nan
