@@ -64,24 +64,26 @@ def _float(value: object, name: str) -> float:
 
 
 @SetParseFns(output=str)
-def synth(output: str, n_cases: int = 8, seed: int = 0, overwrite: bool = False) -> None:
+def synth(output: str, n_cases: int = 8, seed: int = 0, overwrite: bool = False, workers: int = 1) -> None:
     """Write a synthetic BraTS-2021-layout cohort: brain phantoms with tumours, not patient data.
 
-    Example: amecam synth cohort/ --n_cases 8 --seed 0
+    Example: amecam synth cohort/ --n_cases 8 --seed 0 --workers 4
 
     Args:
         output: folder to write the cohort into (-o, or first argument; created if missing).
         n_cases: number of cases (240x240x155, flair/t1/t1ce/t2 + seg).
         seed: random seed; the same seed always gives the same cohort.
         overwrite: replace a cohort made with another seed.
+        workers: cases made at once, one process each (the cohort is the same for any number).
     """
     from .synth import synthesize_cohort
 
     out = _path(output, "output")
     n = _int(n_cases, "n_cases", minimum=1)
     s = _int(seed, "seed", minimum=0)
+    w = _int(workers, "workers", minimum=1)
     logger.info("synth: %d case(s), seed %d -> %s", n, s, out)
-    folders = synthesize_cohort(out, n_cases=n, seed=s, overwrite=bool(overwrite))
+    folders = synthesize_cohort(out, n_cases=n, seed=s, overwrite=bool(overwrite), workers=w)
     logger.info("wrote %d case(s) to %s", len(folders), out)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def run_demo(output: Path, *, n_cases: int = 8, seed: int = 0, n_test: int = 2) 
         raise AmecamError(f"{output}: folder is not empty and holds no earlier demo; give a new or empty --output_dir")
     output.mkdir(parents=True, exist_ok=True)
     cohort = output / "cohort"
-    synthesize_cohort(cohort, n_cases=n_cases, seed=seed)
+    synthesize_cohort(cohort, n_cases=n_cases, seed=seed, workers=min(4, os.cpu_count() or 1))  # same cohort, made faster
     cases = find_cases(cohort, "flair")
     train_cases, test_cases = cases[:-n_test], cases[-n_test:]
     datalist = output / "train_datalist.json"

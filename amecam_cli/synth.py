@@ -214,11 +214,14 @@ def synthesize_cohort(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> list[Path]:
     """Write ``n_cases`` synthetic cases in the BraTS 2021 layout under ``out_dir``.
 
     Cases already complete from an earlier run with the same seed are kept (the generator is
-    deterministic), so an interrupted run resumes. Each case folder appears atomically.
+    deterministic), so an interrupted run resumes. Each case folder appears atomically. With
+    ``workers`` > 1, cases are made by that many processes at once (each case depends only on
+    ``seed`` and its index, so the cohort is the same).
 
     Returns:
         The case folders, in order.
@@ -232,6 +235,8 @@ def synthesize_cohort(
         raise AmecamError(f"--n_cases must be a whole number >= 1, got {n_cases!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise AmecamError(f"--seed must be a whole number >= 0, got {seed!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise AmecamError(f"--workers must be a whole number >= 1, got {workers!r}")
     out_dir = Path(out_dir)
     info_path = out_dir / "cohort.json"
     info = {
@@ -267,32 +272,55 @@ def synthesize_cohort(
         for stale in out_dir.glob("SYN_*"):
             if stale.is_dir() and stale.name not in keep:
                 shutil.rmtree(stale)
-    folders = []
-    for index in tqdm(range(n_cases), desc="synth", unit="case", disable=None if progress else True):
-        name = case_id(index)
-        folder = out_dir / name
-        files = [folder / f"{name}_{m}.nii.gz" for m in (*MODALITY_ORDER, "seg")]
-        if folder.is_dir() and all(f.is_file() for f in files) and not overwrite:
-            folders.append(folder)
-            continue
-        volumes, seg = synthesize_case(seed, index)
-        partial = out_dir / f".{name}.partial-{uuid.uuid4().hex[:6]}"
-        try:
-            partial.mkdir()
-            for modality, volume in volumes.items():
-                _save(volume, partial / f"{name}_{modality}.nii.gz")
-            _save(seg, partial / f"{name}_seg.nii.gz")
-            if folder.exists():
-                shutil.rmtree(folder)
-            partial.rename(folder)
-        except OSError as exc:
-            raise AmecamError(f"{folder}: cannot write case ({exc.strerror or exc})") from exc
-        finally:
-            if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
-        folders.append(folder)
+    todo = [i for i in range(n_cases) if overwrite or not _complete(out_dir, i)]
+    with tqdm(total=n_cases, initial=n_cases - len(todo), desc="synth", unit="case", disable=None if progress else True) as bar:
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fresh interpreter per worker, safe beside threads the caller may run
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+                for _ in pool.map(_write_case, [out_dir] * len(todo), [seed] * len(todo), todo):
+                    bar.update(1)
+        else:
+            for index in todo:
+                _write_case(out_dir, seed, index)
+                bar.update(1)
+    folders = [out_dir / case_id(i) for i in range(n_cases)]
     info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folders
+
+
+def _case_files(out_dir: Path, index: int) -> list[Path]:
+    name = case_id(index)
+    return [out_dir / name / f"{name}_{m}.nii.gz" for m in (*MODALITY_ORDER, "seg")]
+
+
+def _complete(out_dir: Path, index: int) -> bool:
+    return all(f.is_file() for f in _case_files(out_dir, index))
+
+
+def _write_case(out_dir: Path, seed: int, index: int) -> Path:
+    """Synthesise case ``index`` and move it into ``out_dir`` in one step (a partial case never shows)."""
+    name = case_id(index)
+    folder = out_dir / name
+    volumes, seg = synthesize_case(seed, index)
+    partial = out_dir / f".{name}.partial-{uuid.uuid4().hex[:6]}"
+    try:
+        partial.mkdir()
+        for modality, volume in volumes.items():
+            _save(volume, partial / f"{name}_{modality}.nii.gz")
+        _save(seg, partial / f"{name}_seg.nii.gz")
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
+    except OSError as exc:
+        raise AmecamError(f"{folder}: cannot write case ({exc.strerror or exc})") from exc
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def _save(array: np.ndarray, path: Path) -> None:

@@ -54,3 +54,15 @@ def test_resume_and_refusal(tmp_path, synth_cohort):
     stamp = (synth_cohort / "SYN_000" / "SYN_000_t2.nii.gz").stat().st_mtime_ns
     synthesize_cohort(synth_cohort, n_cases=2, seed=7, progress=False)  # complete: nothing regenerated
     assert (synth_cohort / "SYN_000" / "SYN_000_t2.nii.gz").stat().st_mtime_ns == stamp
+
+
+def test_workers_make_the_same_cohort(tmp_path, synth_cohort):
+    with pytest.raises(AmecamError, match="--workers must be a whole number >= 1"):
+        synthesize_cohort(tmp_path / "none", n_cases=1, workers=0, progress=False)
+    out = tmp_path / "parallel"
+    folders = synthesize_cohort(out, n_cases=2, seed=7, workers=2, progress=False)
+    assert [f.name for f in folders] == ["SYN_000", "SYN_001"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial case left
+    for name in ("SYN_000/SYN_000_t1ce.nii.gz", "SYN_001/SYN_001_seg.nii.gz"):
+        made = np.asanyarray(nib.load(str(out / name)).dataobj)
+        assert np.array_equal(made, np.asanyarray(nib.load(str(synth_cohort / name)).dataobj))
