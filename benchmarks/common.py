@@ -61,7 +61,10 @@ def split_by_case(cases: list, n_test: int, seed: int) -> tuple[list, list]:
 def machine() -> str:
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return text
 
 
 def table(report: dict, rows: list[str] | None = None) -> str:

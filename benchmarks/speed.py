@@ -192,7 +192,7 @@ def train_benchmark(args) -> dict:
     train, test = _benchmark_split()
     train = train[: args.n_train]
     results = {"n_train_cases": len(train), "n_test_cases": len(test), "epochs": args.epochs, "attention_epochs": args.attention_epochs,
-               "pretrain_epochs": args.pretrain_epochs, "train_seed": args.train_seed}
+               "pretrain_epochs": args.pretrain_epochs, "train_seed": args.train_seed, "device": args.device}
     for name in args.pipelines.split(","):
         folder = out / name
         naive = name == "naive"
@@ -209,7 +209,7 @@ def train_benchmark(args) -> dict:
         def build(cls: type, norm: type = norm, kwargs: dict = network_kwargs) -> nn.Module:
             return _with_norm(cls(1, **kwargs), norm)
 
-        common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=args.train_seed, device="cpu",
+        common = dict(dataset_dir=str(slices), output_dir=str(folder / "models"), batch_size=32, seed=args.train_seed, device=args.device,
                       progress=False, channels_last=not naive)
         t0, pretrained = 0.0, None
         if args.pretrain_epochs:  # stage 0 as `amecam train --pretrain simclr` runs it (batch and seed as stage 1)
@@ -227,7 +227,7 @@ def train_benchmark(args) -> dict:
                                   epochs=args.attention_epochs, **common).run()
         t2 = time.perf_counter() - started
         network = build(AMECAMNet)
-        network.load_state_dict(torch.load(folder / "models" / "model.pt"))
+        network.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu"))  # scored on the CPU
         if not naive:
             network = network.to(memory_format=torch.channels_last)
         map_dice, n_slices, maps_per_s = _slice_dice(network, test, size, crop=crop)
@@ -239,7 +239,7 @@ def train_benchmark(args) -> dict:
             "stage2_slices_per_s": float(np.median([h["train_slices_per_s"] for h in stage2["history"]])),
             "slice_dice": map_dice["amecam"], "map_dice": map_dice, "n_test_slices": n_slices, "inference_slices_per_s": maps_per_s,
             "best_val_auc": stage1["best_val_auc"], "stem_stride": network_kwargs["stem_stride"], "image_size": size, "crop": crop,
-            "norm": norm.__name__,
+            "norm": norm.__name__, "train_device": args.device, "scored_on": "cpu",
         }
         print(name, json.dumps(results[name], indent=1), flush=True)
     if "amecam" not in results or "naive" not in results:
@@ -367,13 +367,14 @@ def _rescore_table(runs: dict) -> str:
 
 
 _BARE = """
-import time, torch
+import sys, torch
 from monai.networks.nets import resnet18
-net = resnet18(spatial_dims=2, n_input_channels=1, num_classes=1).eval()
+device = torch.device(sys.argv[1])
+net = resnet18(spatial_dims=2, n_input_channels=1, num_classes=1).eval().to(device)
 x = torch.rand(155, 1, 128, 128)
 with torch.inference_mode():
     for i in range(0, 155, 64):
-        net(x[i:i + 64])
+        net(x[i:i + 64].to(device)).cpu()
 """
 
 
@@ -385,10 +386,10 @@ def _timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - started, result.stderr
 
 
-def _infer_once(bundle: Path, volume: Path, out: Path) -> tuple[float, dict]:
+def _infer_once(bundle: Path, volume: Path, out: Path, device: str) -> tuple[float, dict]:
     executable = str(Path(sys.executable).with_name("amecam"))
     seconds, log = _timed([executable, "infer", str(volume), "-o", str(out / "mask.nii.gz"), "--bundle", str(bundle),
-                           "--device", "cpu", "--overwrite"])
+                           "--device", device, "--overwrite"])
     match = re.search(r"timings: (\{.*\})", log)
     return seconds, json.loads(match.group(1)) if match else {}
 
@@ -425,12 +426,12 @@ def infer_benchmark(args) -> dict:
     bare: list[float] = []
     for _ in range(args.repeats):
         for i, bundle in enumerate(bundles):
-            seconds, breakdown = _infer_once(bundle, volume, out)
+            seconds, breakdown = _infer_once(bundle, volume, out, args.device)
             runs[i].append(seconds)
             if breakdown:
                 breakdowns[i].append(breakdown)
-        bare.append(_timed([sys.executable, "-c", _BARE])[0])
-    result = {"volume": str(volume), "bundle": str(args.bundle), **_infer_summary(runs[0], breakdowns[0], bare)}
+        bare.append(_timed([sys.executable, "-c", _BARE, args.device])[0])
+    result = {"volume": str(volume), "bundle": str(args.bundle), "device": args.device, **_infer_summary(runs[0], breakdowns[0], bare)}
     if args.versus:
         result["versus"] = {str(bundle): _infer_summary(runs[i], breakdowns[i], bare) for i, bundle in enumerate(bundles) if i}
     return result
@@ -543,6 +544,8 @@ def main() -> None:
                         help="infer: more bundles, timed in turn with --bundle in every repeat")
     parser.add_argument("--bundle", type=Path, default=OUTPUT / "synthetic_flair" / "run")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="train, infer: where to train or run amecam infer and the bare pass (train scores on the CPU either way)")
     args = parser.parse_args()
     for name, least in (("epochs", 1), ("attention_epochs", 1), ("n_train", 1), ("pretrain_epochs", 0)):
         if getattr(args, name) < least:
