@@ -34,6 +34,9 @@ network, writing) against a fresh process that only builds MONAI's ResNet-18 and
 same 155 slices at 128x128, and reports where amecam's time goes. ``--versus B1 B2 ...`` times more
 bundles in the same repeats, in turn, so that they are compared under the same load.
 
+``--device cuda`` (train, infer): train on the GPU (scoring stays on the CPU, so Dice is computed the same
+way), or time ``amecam infer --device cuda`` against the bare ResNet-18 pass on the GPU.
+
 ``norms`` times the classifier alone (random weights, 136 slices of ``--image_size`` in passes of 8, the
 predictor's CPU batch) with ``nn.InstanceNorm2d`` or ``FastInstanceNorm2d`` and NCHW or channels-last
 weights, profiles the first variant, times the stem's max pool on both layouts, and times a training
