@@ -122,7 +122,7 @@ def plan_jobs(
         jobs = []
         for case in cases:
             first = case.images[expected[0]]
-            suffix = volume_suffix(first) if first.is_file() else ".nii.gz"
+            suffix = volume_suffix(first) if first.is_file() else ""  # a DICOM series gives series folders, as above
             cam_path = save_cam
             if save_cam is not None and (cam_folder or not one_file):
                 cam_path = save_cam / f"{case.case_id}_cam{suffix}"

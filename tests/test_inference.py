@@ -87,6 +87,24 @@ def test_a_dicom_series_into_a_folder_gets_series_folders(tmp_path, tiny_bundle)
     assert [p.name for p in (tmp_path / "maps").iterdir()] == ["patient_flair_cam"]
 
 
+def test_a_datalist_of_dicom_series_gets_series_folders(tmp_path, tiny_bundle):
+    """Many DICOM cases into a folder: series folders, as for one series (NIfTI only where -o names it)."""
+    import json
+
+    from amecam_cli.io import read_volume
+
+    from .test_io import _dicom_series
+
+    for i, name in enumerate(("a", "b")):
+        _dicom_series(tmp_path / f"{name}_series", planted_case(seed=20 + i)[0])
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"case": n, "flair": f"{n}_series"} for n in ("a", "b")]}), encoding="utf-8")
+    run_inference(tmp_path / "list.json", tmp_path / "masks", tiny_bundle, save_cam=f"{tmp_path}/maps/", device="cpu", progress=False)
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["a_mask", "b_mask"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a_cam", "b_cam"]
+    mask, props = read_volume(tmp_path / "masks" / "b_mask")
+    assert props.format == "dicom" and mask.shape == planted_case()[0].shape
+
+
 def test_a_case_folder_takes_a_mask_file_and_a_map_folder(tmp_path, tiny_bundle, tiny_dataset):
     case = tiny_dataset / "CASE_01"
     run_inference(case, tmp_path / "m.nrrd", tiny_bundle, save_cam=f"{tmp_path}/maps/", device="cpu", progress=False)
