@@ -241,6 +241,7 @@ def infer(
     batch_size: int | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> None:
     """Segment a volume (or many) with a trained bundle; the mask keeps the input's grid and format.
 
@@ -259,6 +260,7 @@ def infer(
         batch_size: slices per forward pass (default 8 on a CPU, 64 on a GPU).
         pattern: naming pattern for a dataset folder, see amecam slice.
         overwrite: replace existing outputs.
+        resume: keep the outputs that exist (an interrupted run's finished masks) and segment only the rest.
     """
     from .inference import run_inference
 
@@ -270,9 +272,10 @@ def infer(
         _path(volume, "volume"), _output(output, "output"), _path(bundle, "bundle"), modality=modality,
         threshold=_float(threshold, "threshold"), crf=bool(crf), save_cam=_output(save_cam, "save_cam") if save_cam else None,
         device=str(device), min_size=_int(min_size, "min_size", minimum=0), batch_size=None if batch_size is None else _int(batch_size, "batch_size", minimum=1),
-        pattern=pattern, overwrite=bool(overwrite),
+        pattern=pattern, overwrite=bool(overwrite), resume=bool(resume),
     )
-    logger.info("wrote %d mask(s)", len(results))
+    written = sum("mask" not in r["kept"] for r in results)
+    logger.info("wrote %d mask(s)", written)
 
 
 @SetParseFns(run=str, output=str)
@@ -755,6 +758,14 @@ def _tolerant_console() -> None:
                 pass
 
 
+#: what to run after Ctrl-C, per command that can continue
+_RESUME_HINTS = {
+    "infer": "; finished outputs are kept: the same command with --resume segments the rest",
+    "train": "; the same command with --resume continues after the last finished epoch",
+    "train-seg": "; the same command with --resume continues after the last finished epoch",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``amecam`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -780,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     except fire.core.FireExit as exc:
         return int(exc.code or 0)
     except KeyboardInterrupt:
-        print("amecam: interrupted", file=sys.stderr)
+        hint = _RESUME_HINTS.get(next((a for a in argv if not a.startswith("-")), ""), "")
+        print(f"amecam: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 

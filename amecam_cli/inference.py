@@ -36,6 +36,8 @@ class InferenceJob:
     case: Case
     mask_path: Path
     cam_path: Path | None
+    #: outputs a resumed run keeps because an earlier run wrote them (``"mask"``, ``"cam"``)
+    kept: tuple[str, ...] = ()
 
 
 def _modality_from_name(path: Path) -> str | None:
@@ -77,13 +79,18 @@ def plan_jobs(
     save_cam: str | Path | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     result: str = "mask",
 ) -> list[InferenceJob]:
     """Decide what to segment and where each result goes; fail before any work if something is off.
 
     ``output`` (and ``save_cam``) name a file, or a folder (existing, or ending in a slash) that gets
-    ``<case>_<result><suffix>`` (``<case>_cam<suffix>``) per case, the suffix of the input.
+    ``<case>_<result><suffix>`` (``<case>_cam<suffix>``) per case, the suffix of the input. With
+    ``resume``, outputs that exist are kept (every output is written whole or not at all, so an existing
+    one is finished): cases with all their outputs are left out, the others write only what is missing.
     """
+    if resume and overwrite:
+        raise AmecamError("--resume keeps the outputs that exist and --overwrite replaces them; pass one of them")
     output_folder = _is_folder(output)
     cam_folder = save_cam is not None and _is_folder(save_cam)
     output, save_cam = Path(output), (Path(save_cam) if save_cam is not None else None)
@@ -134,9 +141,17 @@ def plan_jobs(
                 output_format(path, dicom_input=dicom)
     inputs = [path for job in jobs for path in (*job.case.images.values(), job.case.label, job.case.brainmask)]
     check_outputs_apart([path for job in jobs for path in (job.mask_path, job.cam_path)], inputs)
+    if resume:
+        for job in jobs:
+            job.kept = tuple(kind for kind, path in (("mask", job.mask_path), ("cam", job.cam_path)) if path is not None and path.exists())
+        done = [job for job in jobs if job.kept == (("mask", "cam") if job.cam_path is not None else ("mask",))]
+        if done:
+            logger.info("--resume: %d of %d case(s) already have every output; skipping them", len(done), len(jobs))
+        jobs = [job for job in jobs if job not in done]
     for job in jobs:
-        check_writable(job.mask_path, overwrite=overwrite)
-        if job.cam_path is not None:
+        if "mask" not in job.kept:
+            check_writable(job.mask_path, overwrite=overwrite)
+        if job.cam_path is not None and "cam" not in job.kept:
             check_writable(job.cam_path, overwrite=overwrite)
     return jobs
 
@@ -166,9 +181,13 @@ def run_inference(
     batch_size: int | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Segment every planned volume; returns per-volume paths, tumour volume and timings."""
+    """Segment every planned volume; returns per-volume paths, tumour volume and timings.
+
+    ``resume``: keep the outputs an interrupted run finished and segment only the rest (see :func:`plan_jobs`).
+    """
     from tqdm.auto import tqdm
 
     if not 0.0 <= float(threshold) <= 1.0:
@@ -177,7 +196,7 @@ def run_inference(
     bundle = open_bundle(bundle_path, device=device, torchscript=True)
     seconds_open = time.perf_counter() - started
     jobs = plan_jobs(Path(source), output, bundle, modality=modality,
-                     save_cam=save_cam or None, pattern=pattern, overwrite=overwrite)
+                     save_cam=save_cam or None, pattern=pattern, overwrite=overwrite, resume=resume)
     options = {"batch_size": batch_size} if batch_size else {}  # unset: the bundle's own default for the device
     predictor = bundle.predictor(device=device, threshold=float(threshold), crf=bool(crf), min_component_voxels=int(min_size), **options)
     results = []
@@ -189,13 +208,14 @@ def run_inference(
         t1 = time.perf_counter()
         props = loaded.props
         mask = from_canonical(prediction.mask, loaded.orientation)
-        write_volume(job.mask_path, mask, props, overwrite=overwrite)
-        if job.cam_path is not None:
+        if "mask" not in job.kept:
+            write_volume(job.mask_path, mask, props, overwrite=overwrite)
+        if job.cam_path is not None and "cam" not in job.kept:
             write_volume(job.cam_path, from_canonical(prediction.cam, loaded.orientation).astype(np.float32), props, overwrite=overwrite)
         t_write = time.perf_counter() - t1
         voxel_ml = float(np.prod(props.spacing)) / 1000.0
         result = {
-            "case": job.case.case_id, "mask": str(job.mask_path), "cam": str(job.cam_path) if job.cam_path else None,
+            "case": job.case.case_id, "mask": str(job.mask_path), "cam": str(job.cam_path) if job.cam_path else None, "kept": list(job.kept),
             "tumour_ml": float(mask.sum()) * voxel_ml, "tumour_slices": int(prediction.mask.any(axis=(0, 1)).sum()),
             "seconds": {"open_bundle": seconds_open, "read": t_read, **prediction.seconds, "write": t_write},
         }

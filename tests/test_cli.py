@@ -369,3 +369,17 @@ def test_hd95_is_labelled_mm_only_when_every_file_says_so():
     report = {"methods": {"amecam": {"slice": row, "volume": row}}}
     assert "Slice HD95 (mm)" in table_markdown(report)  # a report written before the unit was recorded
     assert "Volume HD95 (mm; some files state no unit)" in table_markdown({**report, "distance_unit": distance_unit(1, 3)})
+
+
+def test_ctrl_c_says_how_to_continue(capsys, monkeypatch, tmp_path):
+    import amecam_cli.inference
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(amecam_cli.inference, "run_inference", interrupted)
+    code, _, err = run(capsys, "infer", str(tmp_path), "-o", str(tmp_path / "masks/"), "--bundle", str(tmp_path))
+    assert code == 130 and err.strip() == "amecam: interrupted; finished outputs are kept: the same command with --resume segments the rest"
+    monkeypatch.setattr("amecam_cli.synth.synthesize_cohort", interrupted)
+    code, _, err = run(capsys, "synth", str(tmp_path / "c"))
+    assert code == 130 and err.strip().splitlines()[-1] == "amecam: interrupted"  # nothing to resume

@@ -68,6 +68,24 @@ def test_a_dataset_folder_gives_one_mask_per_case(tmp_path, tiny_bundle, tiny_da
     assert len(results) == 6
 
 
+def test_resume_segments_only_what_an_interrupted_run_left(tmp_path, tiny_bundle, tiny_dataset):
+    masks, maps = tmp_path / "masks", tmp_path / "maps"
+    run_inference(tiny_dataset, masks, tiny_bundle, save_cam=maps, device="cpu", progress=False)
+    (masks / "CASE_01_mask.nii.gz").unlink()  # as if the run had stopped before these
+    (masks / "CASE_04_mask.nii.gz").unlink()
+    (maps / "CASE_04_cam.nii.gz").unlink()
+    (maps / "CASE_05_cam.nii.gz").unlink()  # stopped between a mask and its map
+    stamps = {p.name: p.stat().st_mtime_ns for p in (*masks.iterdir(), *maps.iterdir())}
+    with pytest.raises(AmecamError, match="--resume keeps the outputs that exist and --overwrite replaces them"):
+        run_inference(tiny_dataset, masks, tiny_bundle, save_cam=maps, device="cpu", progress=False, resume=True, overwrite=True)
+    results = run_inference(tiny_dataset, masks, tiny_bundle, save_cam=maps, device="cpu", progress=False, resume=True)
+    assert [(r["case"], r["kept"]) for r in results] == [("CASE_01", ["cam"]), ("CASE_04", []), ("CASE_05", ["mask"])]
+    assert sorted(p.name for p in masks.iterdir()) == [f"CASE_{i:02d}_mask.nii.gz" for i in range(6)]
+    assert sorted(p.name for p in maps.iterdir()) == [f"CASE_{i:02d}_cam.nii.gz" for i in range(6)]
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in (*masks.iterdir(), *maps.iterdir()) if p.name in stamps)
+    assert run_inference(tiny_dataset, masks, tiny_bundle, save_cam=maps, device="cpu", progress=False, resume=True) == []
+
+
 def test_a_dicom_series_into_a_folder_gets_series_folders(tmp_path, tiny_bundle):
     """-o FOLDER for a DICOM series: <case>_mask is a series folder inside it, as a file input gets <case>_mask.nii.gz."""
     from amecam_cli.io import read_volume
