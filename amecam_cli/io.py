@@ -246,6 +246,9 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False, create: 
     path = Path(path)
     if path.exists() and not overwrite:
         raise AmecamError(f"{path}: output already exists (pass --overwrite to replace it)")
+    data = detached_data_path(path)
+    if data is not None and data.exists() and not overwrite:
+        raise AmecamError(f"{path}: its data file {data.name} already exists beside it (pass --overwrite to replace it)")
     parent = path.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
@@ -286,6 +289,17 @@ def check_outputs_apart(outputs: Iterable[str | os.PathLike | None], inputs: Ite
 
 
 DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")  # a header file naming a data file beside it
+#: the data file SimpleITK writes beside each detached header (compressed, as write_volume asks)
+_DETACHED_DATA_SUFFIX = {".nhdr": ".raw.gz", ".mhd": ".zraw"}
+
+
+def detached_data_path(path: str | os.PathLike) -> Path | None:
+    """The data file written beside a detached header (``mask.nhdr`` -> ``mask.raw.gz``), else ``None``."""
+    path = Path(path)
+    suffix = volume_suffix(path) if path.suffix else ""
+    if suffix not in _DETACHED_DATA_SUFFIX:
+        return None
+    return path.with_name(path.name[: -len(suffix)] + _DETACHED_DATA_SUFFIX[suffix])
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from amecam_cli.errors import AmecamError
-from amecam_cli.io import read_volume, write_volume
+from amecam_cli.io import detached_data_path, read_volume, write_volume
 
 from .conftest import LPS, save_nifti
 
@@ -59,6 +59,15 @@ def test_sitk_formats_round_trip_geometry(tmp_path, suffix):
     if suffix in data_files:
         header = (tmp_path / f"mask{suffix}").read_bytes()
         assert data_files[suffix][1].encode() in header and b".tmp" not in header
+        assert detached_data_path(tmp_path / f"mask{suffix}") == tmp_path / data_files[suffix][1]
+        # someone else's data file of that name is never replaced silently, even without a header beside it
+        other = tmp_path / f"other{data_files[suffix][1][4:]}"
+        other.write_bytes(b"not ours")
+        with pytest.raises(AmecamError, match=f"other{suffix}: its data file {other.name} already exists beside it"):
+            write_volume(tmp_path / f"other{suffix}", (array > 100).astype(np.uint8), props)
+        assert other.read_bytes() == b"not ours" and not (tmp_path / f"other{suffix}").exists()
+        write_volume(tmp_path / f"other{suffix}", (array > 100).astype(np.uint8), props, overwrite=True)
+        assert sitk.ReadImage(str(tmp_path / f"other{suffix}")).GetSize() == mask.GetSize()
 
 
 def _dicom_series(folder: Path, array: np.ndarray) -> None:
