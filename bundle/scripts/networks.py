@@ -212,7 +212,9 @@ class MultiExitResNet(nn.Module):
     def orient_maps(self, x: torch.Tensor, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The raw maps of :meth:`forward` upsampled to ``x``, oriented and normalised: ``(B, 4, H, W)``."""
         size = x.shape[-2:]
-        upsampled = torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps], dim=1)
+        # float32 from here on: under bfloat16 autocast (GPU) the maps would otherwise be upsampled and
+        # normalised with 8 bits of mantissa, and the 0.5 threshold would cut a coarsely quantised map
+        upsampled = torch.cat([F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for m in maps], dim=1)
         oriented = upsampled * self.exit_polarity.to(upsampled.dtype).view(1, -1, 1, 1)
         return minmax_per_image(oriented, brain_region(x))
 
