@@ -654,6 +654,18 @@ def _short_flags(command) -> dict[str, str]:
     return table
 
 
+def _without_fire_metadata(visible_members):
+    """Fire's ``VisibleMembers`` without the ``FIRE_METADATA`` attribute ``SetParseFns`` puts on a command:
+    Fire took it for a sub-command, so every help screen read ``amecam infer GROUP | VOLUME`` and listed a
+    group ``FIRE_METADATA``."""
+
+    def members(component, *args, **kwargs):
+        return [(name, member) for name, member in visible_members(component, *args, **kwargs) if name != "FIRE_METADATA"]
+
+    members.amecam = True
+    return members
+
+
 def _help_short_flags(flags: list[str]) -> list[str]:
     """Replaces Fire's choice of short flags on help screens, so that they show the ones :func:`main` takes.
 
@@ -778,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(debug)
     if hasattr(fire.helptext, "_GetShortFlags"):  # help screens list the short flags amecam takes, not Fire's own
         fire.helptext._GetShortFlags = _help_short_flags
+    if not getattr(fire.completion.VisibleMembers, "amecam", False):
+        fire.completion.VisibleMembers = _without_fire_metadata(fire.completion.VisibleMembers)
     commands = _commands()
     try:
         argv = _translate_short_flags(argv, commands)

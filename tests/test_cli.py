@@ -69,6 +69,7 @@ def test_every_short_flag_on_a_help_screen_is_taken(capsys, tiny_dataset, tmp_pa
         assert all(table[letter] == option for letter, option in shown.items()), (name, shown, table)
         assert name == "export" or shown, name  # the pattern still finds them
         assert "o" not in shown and table.get("o") in (None, "output", "output_dir")  # -o is output, never --overwrite
+        assert "GROUP" not in out + err and "FIRE_METADATA" not in out + err, name  # Fire's own attribute is no sub-command
     code, _, err = run(capsys, "slice", str(tiny_dataset), "-o", str(tmp_path / "s"), "-i", "16", "-v=0.5")
     assert code == 0, err
     settings = json.loads((tmp_path / "s" / "dataset.json").read_text(encoding="utf-8"))["settings"]
