@@ -29,7 +29,7 @@ __all__ = ["write_pseudo_labels", "train_segmentation"]
 logger = logging.getLogger(__name__)
 
 
-def write_pseudo_labels(slices: Path, bundle, *, crf: bool = False, batch_size: int = 32, progress: bool = True) -> dict:
+def write_pseudo_labels(slices: Path, bundle, *, crf: bool = False, batch_size: int = 32, device: str = "auto", progress: bool = True) -> dict:
     """Write ``slices/pseudo/<file>.npy``: the AME-CAM map on tumour slices, zeros elsewhere.
 
     With ``crf`` the map is replaced by its DenseCRF mask (crisp labels: no uncertainty weighting).
@@ -48,7 +48,7 @@ def write_pseudo_labels(slices: Path, bundle, *, crf: bool = False, batch_size: 
         by_file.setdefault(row["file"], []).append(row)
     (slices / "pseudo").mkdir(exist_ok=True)
     counts = {"tumour_slices": 0, "mean_fraction": []}
-    device = bundle.module("train").resolve_device("auto")
+    device = bundle.module("train").resolve_device(device)
     for name, file_rows in tqdm(sorted(by_file.items()), desc="pseudo-labels", unit="case", disable=None if progress else True):
         target = slices / "pseudo" / f"{name}.npy"
         if target.exists():
@@ -164,7 +164,7 @@ def train_segmentation(
                 raise AmecamError(f"{data}: --supervised needs segmentations for the training cases")
             pseudo = {"labels": "expert masks (fully supervised upper bound)"}
         else:
-            pseudo = write_pseudo_labels(slices, source, crf=settings["crf"], progress=progress)
+            pseudo = write_pseudo_labels(slices, source, crf=settings["crf"], device=settings["device"], progress=progress)
             pseudo["labels"] = "AME-CAM pseudo-labels" + (" refined by DenseCRF" if settings["crf"] else "")
         metadata = read_metadata(output)
         image = dict(source.metadata["network_data_format"]["inputs"]["image"])

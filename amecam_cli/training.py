@@ -124,6 +124,12 @@ class TrainSettings:
             raise AmecamError(f"--pretrain must be one of {', '.join(PRETRAIN_CHOICES)}, got {self.pretrain!r}")
         if str(self.device).lower() not in ("auto", "cpu", "cuda") and not str(self.device).lower().startswith("cuda:"):
             raise AmecamError(f"--device must be one of auto, cpu, cuda, got {self.device!r}")
+        from amecam_bundle.scripts.device import resolve_device
+
+        try:  # a GPU this machine lacks fails now, not after the data is sliced
+            resolve_device(self.device)
+        except ValueError as exc:
+            raise AmecamError(f"--device: {exc}") from exc
 
     def as_dict(self) -> dict:
         out = asdict(self)

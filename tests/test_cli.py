@@ -313,6 +313,20 @@ def test_train_command_and_resume_flag(capsys, tmp_path, tiny_dataset):
     assert code == 2 and "--device must be one of auto, cpu, cuda" in err
 
 
+def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(capsys, "train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "run"), "--device", "cuda")
+    assert code == 2 and "--device: " in err and "'cuda' was asked for but CUDA is not available here" in err
+    assert not (tmp_path / "run").exists()  # nothing sliced, no run folder
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, _, err = run(capsys, "train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "run"), "--device", "cuda:3")
+    assert code == 2 and "'cuda:3' was asked for but this machine has 1 GPU(s) (cuda:0 to cuda:0)" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_crf_with_skull_strip_keeps_the_mask_off_the_scalp(capsys, tmp_path):
     import nibabel as nib
 

@@ -22,6 +22,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             msg = f"device must be one of {', '.join(DEVICE_CHOICES)}; {text!r} was asked for but CUDA is not available here"
             raise ValueError(msg)
-        return torch.device(text)
+        try:
+            device = torch.device(text)
+        except RuntimeError as exc:  # "cuda:x"
+            msg = f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}"
+            raise ValueError(msg) from exc
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            msg = f"{text!r} was asked for but this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            raise ValueError(msg)
+        return device
     msg = f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}"
     raise ValueError(msg)
