@@ -29,6 +29,9 @@ __all__ = ["InferenceJob", "plan_jobs", "run_inference"]
 logger = logging.getLogger(__name__)
 
 
+RESUME_OR_OVERWRITE = "--resume keeps the outputs that exist and --overwrite replaces them; pass one of them"
+
+
 @dataclass
 class InferenceJob:
     """One volume to segment: its case, where the mask (and optionally the map) goes."""
@@ -90,7 +93,7 @@ def plan_jobs(
     one is finished): cases with all their outputs are left out, the others write only what is missing.
     """
     if resume and overwrite:
-        raise AmecamError("--resume keeps the outputs that exist and --overwrite replaces them; pass one of them")
+        raise AmecamError(RESUME_OR_OVERWRITE)
     output_folder = _is_folder(output)
     cam_folder = save_cam is not None and _is_folder(save_cam)
     output, save_cam = Path(output), (Path(save_cam) if save_cam is not None else None)
@@ -192,6 +195,8 @@ def run_inference(
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {threshold}")
+    if resume and overwrite:
+        raise AmecamError(RESUME_OR_OVERWRITE)
     started = time.perf_counter()
     bundle = open_bundle(bundle_path, device=device, torchscript=True)
     seconds_open = time.perf_counter() - started
