@@ -550,6 +550,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="train, infer: where to train or run amecam infer and the bare pass (train scores on the CPU either way)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here")
     for name, least in (("epochs", 1), ("attention_epochs", 1), ("n_train", 1), ("pretrain_epochs", 0)):
         if getattr(args, name) < least:
             parser.error(f"--{name} must be >= {least}, got {getattr(args, name)}")
