@@ -101,6 +101,7 @@ def slice(  # noqa: A001 - the command is called "slice"
     slice_labels: str | None = None,
     skull_strip: bool = False,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> None:
     """Turn volumes into a 2-D training set with slice labels and a case-level train/val split.
 
@@ -119,6 +120,7 @@ def slice(  # noqa: A001 - the command is called "slice"
         slice_labels: CSV with columns case,slice,label instead of segmentations.
         skull_strip: the volumes are not skull-stripped: remove scalp and skull from the brain mask.
         overwrite: replace a slice dataset with other settings in the output folder.
+        workers: cases sliced at once, one process each (the dataset is the same for any number; amecam train uses up to 4).
     """
     from .cases import describe, find_cases, parse_modalities
     from .slicing import SliceSettings, read_slice_labels, slice_dataset
@@ -137,7 +139,8 @@ def slice(  # noqa: A001 - the command is called "slice"
     labels = read_slice_labels(_path(slice_labels, "slice_labels")) if slice_labels else None
     cases = find_cases(_path(data_dir, "data_dir"), settings.modalities, pattern=pattern, require_label=labels is None)
     logger.info("slice: %s from %s -> %s, settings %s", describe(cases), data_dir, output, settings.as_dict())
-    counts = slice_dataset(cases, _path(output, "output"), settings, slice_labels=labels, overwrite=bool(overwrite))
+    counts = slice_dataset(cases, _path(output, "output"), settings, slice_labels=labels, overwrite=bool(overwrite),
+                           workers=_int(workers, "workers", minimum=1))
     logger.info(
         "%d slices of %d cases (%d reused): %s; split %s",
         counts["slices"], counts["cases"], counts["reused_cases"], counts["labels"], counts["split"],

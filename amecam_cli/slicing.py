@@ -289,8 +289,11 @@ def slice_dataset(
     slice_labels: dict[str, dict[int, str]] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Write the slice dataset of ``cases`` to ``out_dir`` (see the module docstring for the layout).
+
+    ``workers`` > 1 slices that many cases at once, one process each; the dataset is the same.
 
     Returns:
         Counts: cases, slices per label and per split, and how many cases were reused from an earlier run.
@@ -302,6 +305,8 @@ def slice_dataset(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise AmecamError(f"--workers must be a whole number >= 1, got {workers!r}")
     if slice_labels is None:
         unlabelled = [c.case_id for c in cases if c.label is None]
         if unlabelled:
@@ -311,31 +316,37 @@ def slice_dataset(
     stems = [file_stem(c.case_id) for c in cases]
     if len(set(stems)) != len(stems):
         raise AmecamError(f"{out_dir}: two case ids map to the same file name; rename them")
-    all_rows: list[dict] = []
-    reused = 0
-    bar = tqdm(cases, desc="slice", unit="case", disable=None if progress else True)
-    for case, stem in zip(bar, stems):
+    rows_of: dict[str, list[dict]] = {}
+    todo = []
+    for case, stem in zip(cases, stems):
         done_path = out_dir / "cases" / f"{stem}.json"
         if done_path.exists():
             try:
-                all_rows.extend(json.loads(done_path.read_text(encoding="utf-8"))["rows"])
-                reused += 1
+                rows_of[stem] = json.loads(done_path.read_text(encoding="utf-8"))["rows"]
                 continue
             except (OSError, json.JSONDecodeError, KeyError):
                 logger.warning("%s: unreadable, slicing case %s again", done_path, case.case_id)
-        bar.set_postfix_str(case.case_id)
         labels_of_case = None if slice_labels is None else slice_labels.get(case.case_id, {})
-        loaded = load_case(case, with_label=slice_labels is None)
-        images, masks, rows, box = slice_case(loaded, settings, slice_labels=labels_of_case)
-        for row in rows:
-            row["split"] = split[case.case_id]
-            row["file"] = stem
-        _save_array(out_dir / "images" / f"{stem}.npy", images)
-        if masks is not None:
-            _save_array(out_dir / "masks" / f"{stem}.npy", masks)
-        record = {"case": case.case_id, "box": [int(b) for b in box], "rows": rows}
-        _write_text(done_path, json.dumps(record) + "\n")
-        all_rows.extend(rows)
+        todo.append((case, stem, split[case.case_id], labels_of_case))
+    reused = len(cases) - len(todo)
+    with tqdm(total=len(cases), initial=reused, desc="slice", unit="case", disable=None if progress else True) as bar:
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker, safe beside threads
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+                todo_cases, todo_stems, splits, labels = zip(*todo)
+                n = len(todo)
+                for stem, rows in zip(todo_stems, pool.map(_slice_one, todo_cases, todo_stems, splits, labels, [out_dir] * n, [settings] * n)):
+                    rows_of[stem] = rows
+                    bar.update(1)
+        else:
+            for case, stem, split_name, labels_of_case in todo:
+                bar.set_postfix_str(case.case_id)
+                rows_of[stem] = _slice_one(case, stem, split_name, labels_of_case, out_dir, settings)
+                bar.update(1)
+    all_rows = [row for stem in stems for row in rows_of[stem]]  # in case order, however many workers
     _write_manifest(out_dir / "manifest.csv", all_rows)
     counts = {
         "cases": len(cases),
@@ -346,6 +357,22 @@ def slice_dataset(
     }
     logger.info("slice dataset %s: %s", out_dir, counts)
     return counts
+
+
+def _slice_one(case: Case, stem: str, split_name: str, labels_of_case: dict[int, str] | None, out_dir: Path,
+               settings: SliceSettings) -> list[dict]:
+    """Slice one case into ``out_dir`` (arrays, then its ``cases/<stem>.json`` record); returns its manifest rows."""
+    loaded = load_case(case, with_label=labels_of_case is None)
+    images, masks, rows, box = slice_case(loaded, settings, slice_labels=labels_of_case)
+    for row in rows:
+        row["split"] = split_name
+        row["file"] = stem
+    _save_array(out_dir / "images" / f"{stem}.npy", images)
+    if masks is not None:
+        _save_array(out_dir / "masks" / f"{stem}.npy", masks)
+    record = {"case": case.case_id, "box": [int(b) for b in box], "rows": rows}
+    _write_text(out_dir / "cases" / f"{stem}.json", json.dumps(record) + "\n")
+    return rows
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:

@@ -126,3 +126,22 @@ def test_bad_settings_name_the_option():
         SliceSettings(modalities=("flair",), ambiguous="drop")
     with pytest.raises(AmecamError, match="--image_size must be a whole number in \\[16, 1024\\]"):
         SliceSettings(modalities=("flair",), image_size=8)
+
+
+def test_workers_make_the_same_dataset_and_name_a_bad_case(tiny_dataset, tmp_path):
+    cases = find_cases(tiny_dataset, "flair,t1ce")
+    settings = SliceSettings(modalities=("flair", "t1ce"), image_size=16, val_fraction=0.34, seed=1)
+    slice_dataset(cases, tmp_path / "one", settings, progress=False)
+    counts = slice_dataset(cases, tmp_path / "two", settings, progress=False, workers=2)
+    assert _manifest(tmp_path / "two") == _manifest(tmp_path / "one") and counts["slices"] == len(_manifest(tmp_path / "one"))
+    for name in ("images/CASE_00.npy", "masks/CASE_05.npy"):
+        assert np.array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name))
+    with pytest.raises(AmecamError, match="--workers must be a whole number >= 1"):
+        slice_dataset(cases, tmp_path / "three", settings, progress=False, workers=0)
+    bad = np.ones((32, 32, 12), np.float32)
+    bad[3, 3, 3] = np.nan
+    save_nifti(tiny_dataset / "CASE_02" / "CASE_02_flair.nii.gz", bad)
+    with pytest.raises(AmecamError, match="CASE_02_flair.nii.gz: volume contains 1 NaN"):
+        slice_dataset(cases, tmp_path / "four", settings, progress=False, workers=2)
+    assert "CASE_02.npy" not in [p.name for p in (tmp_path / "four" / "images").iterdir()]
+    assert not list((tmp_path / "four").rglob(".*tmp*"))
