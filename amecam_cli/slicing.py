@@ -35,6 +35,7 @@ from . import __version__
 from .cases import Case, LoadedCase, load_case
 from .errors import AmecamError
 from .io import atomic_path
+from .workers import ordered_map
 
 __all__ = [
     "AMBIGUOUS_CHOICES",
@@ -329,23 +330,11 @@ def slice_dataset(
         labels_of_case = None if slice_labels is None else slice_labels.get(case.case_id, {})
         todo.append((case, stem, split[case.case_id], labels_of_case))
     reused = len(cases) - len(todo)
+    columns = ([list(column) for column in zip(*todo)] + [[out_dir] * len(todo), [settings] * len(todo)]) if todo else []
     with tqdm(total=len(cases), initial=reused, desc="slice", unit="case", disable=None if progress else True) as bar:
-        if workers > 1 and len(todo) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker, safe beside threads
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-                todo_cases, todo_stems, splits, labels = zip(*todo)
-                n = len(todo)
-                for stem, rows in zip(todo_stems, pool.map(_slice_one, todo_cases, todo_stems, splits, labels, [out_dir] * n, [settings] * n)):
-                    rows_of[stem] = rows
-                    bar.update(1)
-        else:
-            for case, stem, split_name, labels_of_case in todo:
-                bar.set_postfix_str(case.case_id)
-                rows_of[stem] = _slice_one(case, stem, split_name, labels_of_case, out_dir, settings)
-                bar.update(1)
+        for (_, stem, _, _), rows in zip(todo, ordered_map(_slice_one, columns, workers)):
+            rows_of[stem] = rows
+            bar.update(1)
     all_rows = [row for stem in stems for row in rows_of[stem]]  # in case order, however many workers
     _write_manifest(out_dir / "manifest.csv", all_rows)
     counts = {

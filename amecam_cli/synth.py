@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from . import __version__
 from .errors import AmecamError
+from .workers import ordered_map
 
 __all__ = ["SHAPE", "synthesize_case", "synthesize_cohort", "case_id"]
 
@@ -274,19 +275,8 @@ def synthesize_cohort(
                 shutil.rmtree(stale)
     todo = [i for i in range(n_cases) if overwrite or not _complete(out_dir, i)]
     with tqdm(total=n_cases, initial=n_cases - len(todo), desc="synth", unit="case", disable=None if progress else True) as bar:
-        if workers > 1 and len(todo) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: a fresh interpreter per worker, safe beside threads the caller may run
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-                for _ in pool.map(_write_case, [out_dir] * len(todo), [seed] * len(todo), todo):
-                    bar.update(1)
-        else:
-            for index in todo:
-                _write_case(out_dir, seed, index)
-                bar.update(1)
+        for _ in ordered_map(_write_case, ([out_dir] * len(todo), [seed] * len(todo), todo), workers):
+            bar.update(1)
     folders = [out_dir / case_id(i) for i in range(n_cases)]
     info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folders
