@@ -776,8 +776,8 @@ def _tolerant_console() -> None:
 #: what to run after Ctrl-C, per command that can continue
 _RESUME_HINTS = {
     "infer": "; finished outputs are kept: the same command with --resume segments the rest",
-    "train": "; the same command with --resume continues after the last finished epoch",
-    "train-seg": "; the same command with --resume continues after the last finished epoch",
+    "train": "; the same command with --resume continues where it stopped",
+    "train-seg": "; the same command with --resume continues where it stopped",
 }
 
 

@@ -288,9 +288,10 @@ def check_outputs_apart(outputs: Iterable[str | os.PathLike | None], inputs: Ite
         written[key] = Path(out)
 
 
-DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")  # a header file naming a data file beside it
-#: the data file SimpleITK writes beside each detached header (compressed, as write_volume asks)
+#: formats whose header names a data file beside it, and the data file SimpleITK writes for each
+#: (compressed, as write_volume asks)
 _DETACHED_DATA_SUFFIX = {".nhdr": ".raw.gz", ".mhd": ".zraw"}
+DETACHED_HEADER_SUFFIXES = tuple(_DETACHED_DATA_SUFFIX)
 
 
 def detached_data_path(path: str | os.PathLike) -> Path | None:

@@ -35,7 +35,7 @@ from . import __version__
 from .cases import Case, LoadedCase, load_case
 from .errors import AmecamError
 from .io import atomic_path
-from .workers import ordered_map
+from .workers import check_workers, ordered_map
 
 __all__ = [
     "AMBIGUOUS_CHOICES",
@@ -306,8 +306,7 @@ def slice_dataset(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise AmecamError(f"--workers must be a whole number >= 1, got {workers!r}")
+    check_workers(workers)
     if slice_labels is None:
         unlabelled = [c.case_id for c in cases if c.label is None]
         if unlabelled:

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from . import __version__
 from .errors import AmecamError
-from .workers import ordered_map
+from .workers import check_workers, ordered_map
 
 __all__ = ["SHAPE", "synthesize_case", "synthesize_cohort", "case_id"]
 
@@ -236,8 +236,7 @@ def synthesize_cohort(
         raise AmecamError(f"--n_cases must be a whole number >= 1, got {n_cases!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise AmecamError(f"--seed must be a whole number >= 0, got {seed!r}")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise AmecamError(f"--workers must be a whole number >= 1, got {workers!r}")
+    check_workers(workers)
     out_dir = Path(out_dir)
     info_path = out_dir / "cohort.json"
     info = {

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
+from .errors import AmecamError
+
+
+def check_workers(workers: object) -> int:
+    """``--workers``: a whole number >= 1."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise AmecamError(f"--workers must be a whole number >= 1, got {workers!r}")
+    return workers
+
 
 def ordered_map(function: Callable[..., Any], columns: Sequence[Sequence[Any]], workers: int) -> Iterator[Any]:
     """``function(*args)`` for each row of ``columns`` (one sequence per argument), results in order.
