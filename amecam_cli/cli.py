@@ -430,6 +430,7 @@ def evaluate(
     device: str = "auto",
     pattern: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> None:
     """Score every method on cases with expert masks; write a Table-1 style report.
 
@@ -453,6 +454,7 @@ def evaluate(
         device: auto, cpu or cuda.
         pattern: naming pattern of the data, see amecam slice.
         overwrite: replace an existing report.
+        resume: continue an interrupted evaluation in the same report folder: cases it finished are kept (in REPORT/.resume), the rest are scored; the settings must be the same.
     """
     import shlex
 
@@ -468,7 +470,8 @@ def evaluate(
     )
     extra = [_path(p.strip(), "extra_bundles") for p in str(extra_bundles).split(",") if p.strip()] if extra_bundles else []
     report = run_evaluation(_path(data_dir, "data_dir"), _path(bundle, "bundle"), _path(output, "output"), options,
-                            pattern=pattern, overwrite=bool(overwrite), command="amecam " + shlex.join(sys.argv[1:]),
+                            pattern=pattern, overwrite=bool(overwrite), resume=bool(resume),
+                            command="amecam " + shlex.join(sys.argv[1:]),
                             extra_bundles=extra)
     from .evaluation import table_markdown
 
@@ -778,6 +781,7 @@ _RESUME_HINTS = {
     "infer": "; finished outputs are kept: the same command with --resume segments the rest",
     "train": "; the same command with --resume continues where it stopped",
     "train-seg": "; the same command with --resume continues where it stopped",
+    "evaluate": "; finished cases are kept: the same command with --resume scores the rest",
 }
 
 

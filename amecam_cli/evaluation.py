@@ -21,8 +21,11 @@ import datetime
 import json
 import logging
 import math
+import os
 import platform
+import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -157,6 +160,194 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
+#: the folder inside a report folder that keeps each finished case's results, for ``--resume``
+STATE_FOLDER = ".resume"
+#: options that do not change any number of the report (a resumed run may change them)
+_SETTINGS_THAT_DO_NOT_COUNT = ("batch_size", "device")
+
+
+def _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, options: EvaluationOptions) -> dict:
+    """What the numbers of an evaluation depend on; a resumed run must match it."""
+
+    def stamp(path) -> dict:
+        path = Path(path).resolve()
+        weights = path / "models" / "model.pt" if path.is_dir() else path
+        stat = weights.stat() if weights.is_file() else None
+        return {"path": str(path), "weights_bytes": stat.st_size if stat else None,
+                "weights_modified_ns": stat.st_mtime_ns if stat else None}
+
+    settings = {
+        "data": str(Path(data).resolve()), "pattern": pattern, "cases": [c.case_id for c in cases],
+        "bundle": stamp(bundle_path), "extra_bundles": [stamp(p) for p in extra_bundles or []], "methods": list(methods),
+        **{k: v for k, v in dataclasses.asdict(options).items() if k not in _SETTINGS_THAT_DO_NOT_COUNT},
+    }
+    return _json_round_trip(settings)
+
+
+def _resumed_cases(state: Path, settings: dict, output: Path) -> dict[int, dict]:
+    """The results of the cases an interrupted evaluation finished, by case index (none when there is no state)."""
+    try:
+        saved = json.loads((state / "settings.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise AmecamError(f"{state / 'settings.json'}: unreadable ({exc}); pass --overwrite to start again") from exc
+    changed = [key for key in settings if saved.get(key) != settings[key]]
+    if changed:
+        def shown(value):
+            text = json.dumps(value)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        differences = "; ".join(f"{key} {shown(saved.get(key))}, now {shown(settings[key])}" for key in changed)
+        raise AmecamError(f"{output}: the interrupted evaluation had other settings ({differences}); "
+                          "run it as before, or pass --overwrite to start again")
+    finished = {}
+    for index, case_id in enumerate(settings["cases"]):
+        path = state / f"case_{index:05d}.json"
+        if not path.is_file():
+            continue
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if result.get("qualitative") is not None:
+                with np.load(state / f"case_{index:05d}_qualitative.npz") as arrays:
+                    q = result["qualitative"]
+                    q.update(image=arrays["image"], truth=arrays["truth"],
+                             maps={m: arrays[f"map_{i}"] for i, m in enumerate(q.pop("methods"))})
+        except (OSError, ValueError, KeyError) as exc:
+            raise AmecamError(f"{path}: unreadable ({exc}); pass --overwrite to start again") from exc
+        if result.get("case") != case_id:
+            raise AmecamError(f"{path}: holds case {result.get('case')}, not {case_id}; pass --overwrite to start again")
+        finished[index] = result
+    return finished
+
+
+def _save_case(state: Path, index: int, result: dict) -> None:
+    """Keep one finished case (its arrays first, then the JSON that marks it finished, each written whole)."""
+    result = dict(result)
+    q = result.get("qualitative")
+    if q is not None:
+        methods = list(q["maps"])
+        arrays = {"image": q["image"], "truth": q["truth"], **{f"map_{i}": q["maps"][m] for i, m in enumerate(methods)}}
+        target = state / f"case_{index:05d}_qualitative.npz"
+        temporary = target.with_name(target.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        os.replace(temporary, target)
+        result["qualitative"] = {"case": q["case"], "z": q["z"], "methods": methods}
+    _write_atomically(state / f"case_{index:05d}.json", json.dumps(result, default=_json_default))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _json_round_trip(value):
+    """``value`` as JSON gives it back (numpy numbers become Python ones; arrays are left alone)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, dict):
+        return {k: _json_round_trip(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_round_trip(v) for v in value]
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+@dataclass
+class _CaseContext:
+    """What scoring one case needs besides the case (see :func:`evaluate`)."""
+
+    bundle: object
+    reference: object
+    methods: list
+    methods_from_cams: tuple
+    row_providers: dict
+    options: EvaluationOptions
+    device: object
+
+
+def _evaluate_case(case, context: _CaseContext, *, with_qualitative: bool) -> dict:
+    """Every method's rows for one case; plain data (and the qualitative slice's arrays) so it can be kept."""
+    from amecam_bundle.scripts.postprocess import crf_refine_slice
+    from amecam_bundle.scripts.preprocess import extract_slices, paste_slices, prepare_volume
+
+    from .cams import compute_maps
+    from .cases import load_case
+    from .slicing import tumour_slice_indices
+
+    bundle, reference, options, methods = context.bundle, context.reference, context.options, context.methods
+    started = time.perf_counter()
+    result = {"case": case.case_id, "slice_rows": {}, "volume_rows": {}, "ungated_rows": {}, "per_slice": [],
+              "scores": [], "labels": [], "seconds": {}, "scorecam_passes": 0, "unitless": False, "qualitative": None}
+    seconds = result["seconds"]
+    loaded = load_case(case)
+    prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=reference.strip_skull)
+    zs = prepared.brain_slices
+    spacing = canonical_spacing(loaded.props.spacing, loaded.orientation)
+    result["unitless"] = loaded.props.spacing_unit != "mm"
+    shape = loaded.label.shape
+    area = shape[0] * shape[1]
+    fractions = loaded.label.sum(axis=(0, 1)) / area
+    slices = extract_slices(prepared.image, prepared.box, zs, reference.image_size)
+    t0 = time.perf_counter()
+    probability = np.zeros(shape[2], dtype=np.float32)
+    if bundle is not None:
+        maps = compute_maps(bundle.network, slices, context.methods_from_cams, batch_size=options.batch_size,
+                            stage=options.stage, budget=options.budget, device=context.device)
+        result["scorecam_passes"] = int(maps.pop("scorecam_forward_passes", 0))
+        probability[zs] = maps.pop("probability").numpy()
+    else:
+        maps = {}
+        probability[zs] = reference.predictor(device=options.device).network_output(slices)[:, 1].flatten(1).amax(dim=1).numpy()
+    seconds["maps"] = time.perf_counter() - t0
+    for z in zs:
+        if fractions[z] > options.min_tumor_fraction:
+            result["scores"].append(float(probability[z])), result["labels"].append(1)
+        elif fractions[z] == 0:
+            result["scores"].append(float(probability[z])), result["labels"].append(0)
+    gate = probability >= 0.5
+    grey = prepared.image.mean(axis=0)
+    # every tumour slice of the volume, also one the brain mask misses (its maps are empty there)
+    tumour_slices = tumour_slice_indices(loaded.label, range(shape[2]), min_tumor_fraction=options.min_tumor_fraction)
+    full_maps = {}
+    for method in methods:
+        if method in context.row_providers:
+            t0 = time.perf_counter()
+            volume_map = np.asarray(context.row_providers[method](loaded, prepared), dtype=np.float32)
+            seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
+        else:
+            volume_map = np.zeros(shape, dtype=np.float32)
+            volume_map[:, :, zs] = np.moveaxis(paste_slices(maps[method], prepared.box, shape[:2]).clamp(0, 1).numpy(), 0, -1)
+        volume_map *= prepared.brain
+        full_maps[method] = volume_map
+        raw_mask = (volume_map >= options.threshold) & prepared.brain
+        variants_of_method = [(method, raw_mask)]
+        if options.crf:
+            t0 = time.perf_counter()
+            refined = np.zeros(shape, dtype=bool)
+            for z in zs:
+                if raw_mask[:, :, z].any():
+                    refined[:, :, z] = crf_refine_slice(grey[:, :, z], volume_map[:, :, z]).astype(bool) & prepared.brain[:, :, z]
+            seconds["crf"] = seconds.get("crf", 0.0) + time.perf_counter() - t0
+            variants_of_method.append((f"{method}+crf", refined))
+        for name, mask in variants_of_method:
+            result["slice_rows"][name] = []
+            for z in tumour_slices:
+                row = _slice_metrics(mask[:, :, z], loaded.label[:, :, z], spacing[:2])
+                result["slice_rows"][name].append(row)
+                result["per_slice"].append({"method": name, "case": case.case_id, "z": z, **{k: row[k] for k in ("dice", "iou", "hd95")}})
+            gated = mask & gate[None, None, :]
+            result["volume_rows"][name] = {"case": case.case_id, **_slice_metrics(gated, loaded.label, spacing)}
+            result["ungated_rows"][name] = {"case": case.case_id, **_slice_metrics(mask, loaded.label, spacing)}
+    if tumour_slices and with_qualitative:
+        z = tumour_slices[len(tumour_slices) // 2]
+        result["qualitative"] = {"case": case.case_id, "z": z, "image": grey[:, :, z], "truth": loaded.label[:, :, z],
+                                 "maps": {m: full_maps[m][:, :, z] for m in methods}}
+    seconds["total"] = time.perf_counter() - started
+    return result
+
+
 def evaluate(
     data: str | Path,
     bundle_path: str | Path,
@@ -165,6 +356,7 @@ def evaluate(
     *,
     pattern: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     command: str = "",
     progress: bool = True,
     row_providers: dict[str, Callable] | None = None,
@@ -176,23 +368,26 @@ def evaluate(
         row_providers: extra rows computed per case, ``name -> fn(loaded_case, prepared) -> (x, y, z) map``
             (used by the reference rows); their maps are thresholded and scored like the CAM rows.
         extra_bundles: segmentation bundles (U-Nets) to score as rows of their own.
+        resume: keep the cases an interrupted evaluation into ``output`` finished (each case's results are
+            saved in ``output/.resume`` as it ends) and score only the rest; the settings must be the same.
 
     Returns:
         The report (also written as ``report.json``).
     """
     from tqdm.auto import tqdm
 
-    from amecam_bundle.scripts.postprocess import crf_refine_slice
-    from amecam_bundle.scripts.preprocess import extract_slices, paste_slices, prepare_volume
-
     from .bundle import open_bundle
-    from .cams import compute_maps
-    from .cases import find_cases, load_case
-    from .slicing import tumour_slice_indices
+    from .cases import find_cases
 
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise AmecamError(f"{output}: report folder is not empty (pass --overwrite to replace the report)")
+    if resume and overwrite:
+        raise AmecamError("--resume keeps the finished cases and --overwrite replaces them: give one of the two")
+    state = output / STATE_FOLDER
+    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
+        raise AmecamError(f"{output}: report folder is not empty (pass --resume to continue an interrupted evaluation "
+                          "there, or --overwrite to replace the report)")
+    if resume and output.exists() and any(output.iterdir()) and not (state / "settings.json").is_file():
+        raise AmecamError(f"{output}: no interrupted evaluation to resume there (pass --overwrite to replace what it holds)")
     if not 0.0 <= options.threshold <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {options.threshold}")
     bundle = open_bundle(bundle_path, device=options.device)
@@ -209,10 +404,6 @@ def evaluate(
         if other.modalities != reference.modalities:
             raise AmecamError(f"bundles disagree on modalities: {','.join(reference.modalities)} vs {','.join(other.modalities)}")
     cases = find_cases(data, reference.modalities, pattern=pattern, require_label=True)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AmecamError(f"{output}: cannot create the report folder ({exc.strerror})") from exc
     device = reference.module("train").resolve_device(options.device)
     from .references import reference_rows
 
@@ -223,6 +414,19 @@ def evaluate(
     }
     methods = list(methods_from_cams) + list(row_providers)
     variants = methods + ([f"{m}+crf" for m in methods] if options.crf else [])
+    settings = _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, options)
+    finished = _resumed_cases(state, settings, output) if resume else {}
+    try:
+        if overwrite and state.exists():
+            shutil.rmtree(state)
+        state.mkdir(parents=True, exist_ok=True)
+        _write_atomically(state / "settings.json", json.dumps(settings, indent=1))
+    except OSError as exc:
+        raise AmecamError(f"{output}: cannot create the report folder ({exc.strerror})") from exc
+    if finished:
+        logger.info("%s: %d of %d case(s) kept from the interrupted evaluation", output, len(finished), len(cases))
+    context = _CaseContext(bundle=bundle, reference=reference, methods=methods, methods_from_cams=methods_from_cams,
+                           row_providers=row_providers, options=options, device=device)
     slice_rows: dict[str, list[dict]] = {m: [] for m in variants}
     volume_rows: dict[str, list[dict]] = {m: [] for m in variants}
     ungated_rows: dict[str, list[dict]] = {m: [] for m in variants}
@@ -232,72 +436,27 @@ def evaluate(
     qualitative: list[dict] = []
     scorecam_passes = 0
     unitless: list[str] = []  # cases whose files do not say their voxel sizes are mm
-    started = time.perf_counter()
-    for case in tqdm(cases, desc="evaluate", unit="case", disable=None if progress else True):
-        loaded = load_case(case)
-        prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=reference.strip_skull)
-        zs = prepared.brain_slices
-        spacing = canonical_spacing(loaded.props.spacing, loaded.orientation)
-        if loaded.props.spacing_unit != "mm":
-            unitless.append(case.case_id)
-        shape = loaded.label.shape
-        area = shape[0] * shape[1]
-        fractions = loaded.label.sum(axis=(0, 1)) / area
-        slices = extract_slices(prepared.image, prepared.box, zs, reference.image_size)
-        t0 = time.perf_counter()
-        probability = np.zeros(shape[2], dtype=np.float32)
-        if bundle is not None:
-            maps = compute_maps(bundle.network, slices, methods_from_cams, batch_size=options.batch_size,
-                                stage=options.stage, budget=options.budget, device=device)
-            scorecam_passes += int(maps.pop("scorecam_forward_passes", 0))
-            probability[zs] = maps.pop("probability").numpy()
+    for index, case in enumerate(tqdm(cases, desc="evaluate", unit="case", disable=None if progress else True)):
+        if index in finished:
+            result = finished[index]
         else:
-            maps = {}
-            probability[zs] = reference.predictor(device=options.device).network_output(slices)[:, 1].flatten(1).amax(dim=1).numpy()
-        seconds["maps"] = seconds.get("maps", 0.0) + time.perf_counter() - t0
-        for z in zs:
-            if fractions[z] > options.min_tumor_fraction:
-                scores.append(float(probability[z])), labels.append(1)
-            elif fractions[z] == 0:
-                scores.append(float(probability[z])), labels.append(0)
-        gate = probability >= 0.5
-        grey = prepared.image.mean(axis=0)
-        # every tumour slice of the volume, also one the brain mask misses (its maps are empty there)
-        tumour_slices = tumour_slice_indices(loaded.label, range(shape[2]), min_tumor_fraction=options.min_tumor_fraction)
-        full_maps = {}
-        for method in methods:
-            if method in row_providers:
-                t0 = time.perf_counter()
-                volume_map = np.asarray(row_providers[method](loaded, prepared), dtype=np.float32)
-                seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
-            else:
-                volume_map = np.zeros(shape, dtype=np.float32)
-                volume_map[:, :, zs] = np.moveaxis(paste_slices(maps[method], prepared.box, shape[:2]).clamp(0, 1).numpy(), 0, -1)
-            volume_map *= prepared.brain
-            full_maps[method] = volume_map
-            raw_mask = (volume_map >= options.threshold) & prepared.brain
-            variants_of_method = [(method, raw_mask)]
-            if options.crf:
-                t0 = time.perf_counter()
-                refined = np.zeros(shape, dtype=bool)
-                for z in zs:
-                    if raw_mask[:, :, z].any():
-                        refined[:, :, z] = crf_refine_slice(grey[:, :, z], volume_map[:, :, z]).astype(bool) & prepared.brain[:, :, z]
-                seconds["crf"] = seconds.get("crf", 0.0) + time.perf_counter() - t0
-                variants_of_method.append((f"{method}+crf", refined))
-            for name, mask in variants_of_method:
-                for z in tumour_slices:
-                    row = _slice_metrics(mask[:, :, z], loaded.label[:, :, z], spacing[:2])
-                    slice_rows[name].append(row)
-                    per_slice_csv.append({"method": name, "case": case.case_id, "z": z, **{k: row[k] for k in ("dice", "iou", "hd95")}})
-                gated = mask & gate[None, None, :]
-                volume_rows[name].append({"case": case.case_id, **_slice_metrics(gated, loaded.label, spacing)})
-                ungated_rows[name].append({"case": case.case_id, **_slice_metrics(mask, loaded.label, spacing)})
-        if tumour_slices and len(qualitative) < options.qualitative_slices:
-            z = tumour_slices[len(tumour_slices) // 2]
-            qualitative.append({"case": case.case_id, "z": z, "image": grey[:, :, z], "truth": loaded.label[:, :, z],
-                                "maps": {m: full_maps[m][:, :, z] for m in methods}})
-    seconds["total"] = time.perf_counter() - started
+            result = _evaluate_case(case, context, with_qualitative=len(qualitative) < options.qualitative_slices)
+            _save_case(state, index, result)
+            result = _json_round_trip(result)  # the numbers a resumed run reads back, so both give the same report
+        for name in variants:
+            slice_rows[name] += result["slice_rows"][name]
+            volume_rows[name].append(result["volume_rows"][name])
+            ungated_rows[name].append(result["ungated_rows"][name])
+        per_slice_csv += result["per_slice"]
+        scores += result["scores"]
+        labels += result["labels"]
+        for key, value in result["seconds"].items():
+            seconds[key] = seconds.get(key, 0.0) + value
+        scorecam_passes += result["scorecam_passes"]
+        if result["unitless"]:
+            unitless.append(case.case_id)
+        if result.get("qualitative") is not None:
+            qualitative.append(result["qualitative"])
     from amecam_bundle.scripts.train import roc_auc
 
     report = {

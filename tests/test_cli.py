@@ -277,6 +277,50 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     assert code == 2 and "--method must be one of" in err
 
 
+def test_evaluate_resume_keeps_the_finished_cases(capsys, tmp_path, tiny_bundle, tiny_dataset, monkeypatch):
+    """Ctrl-C during evaluate, then --resume: only the unfinished cases are scored, and the report is the same."""
+    import amecam_cli.cases as cases_module
+
+    common = ("--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "--methods", "amecam,exit1,threshold",
+              "--crf", "--device", "cpu")
+    assert run(capsys, "evaluate", *common, "-o", str(tmp_path / "whole"))[0] == 0
+    load_case = cases_module.load_case
+    loaded = []
+
+    def interrupted_at_the_fourth(case):
+        if len(loaded) == 3:
+            raise KeyboardInterrupt
+        loaded.append(case.case_id)
+        return load_case(case)
+
+    monkeypatch.setattr(cases_module, "load_case", interrupted_at_the_fourth)
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"))
+    assert code == 130 and "--resume" in err and not (tmp_path / "r" / "report.json").exists()
+    # another threshold cannot continue these cases; --overwrite and --resume contradict each other
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume", "--threshold", "0.6")
+    assert code == 2 and "threshold" in err and "--overwrite" in err
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume", "--overwrite")
+    assert code == 2 and "--resume" in err
+    loaded.clear()
+    monkeypatch.setattr(cases_module, "load_case", lambda case: loaded.append(case.case_id) or load_case(case))
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume")
+    assert code == 0, err
+    assert loaded == ["CASE_03", "CASE_04", "CASE_05"] and "3 of 6 case(s) kept" in err
+
+    def results(folder):
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        return {k: report[k] for k in ("methods", "per_case", "n_slices", "classifier_slice_auc", "cases")}
+
+    assert results(tmp_path / "r") == results(tmp_path / "whole")
+    assert (tmp_path / "r" / "per_slice.csv").read_text() == (tmp_path / "whole" / "per_slice.csv").read_text()
+    # a finished report resumes without scoring anything again; without --resume it is still refused
+    loaded.clear()
+    assert run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume")[0] == 0 and loaded == []
+    assert results(tmp_path / "r") == results(tmp_path / "whole")
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"))
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+
+
 def test_evaluate_scores_a_tumour_slice_the_brain_mask_misses(capsys, tmp_path, tiny_bundle):
     import json
 
