@@ -184,6 +184,16 @@ def _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, 
     return _json_round_trip(settings)
 
 
+def _holds_work(output: Path) -> bool:
+    """Whether a report folder holds anything but an evaluation that stopped before finishing a case."""
+    if not output.is_dir():
+        return False
+    for entry in output.iterdir():
+        if entry.name != STATE_FOLDER or any(entry.glob("case_*.json")):
+            return True
+    return False
+
+
 def _resumed_cases(state: Path, settings: dict, output: Path) -> dict[int, dict]:
     """The results of the cases an interrupted evaluation finished, by case index (none when there is no state)."""
     try:
@@ -383,10 +393,12 @@ def evaluate(
     if resume and overwrite:
         raise AmecamError("--resume keeps the finished cases and --overwrite replaces them: give one of the two")
     state = output / STATE_FOLDER
-    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
+    if output.exists() and not output.is_dir():
+        raise AmecamError(f"{output}: is a file; -o takes the report folder")
+    if _holds_work(output) and not (overwrite or resume):
         raise AmecamError(f"{output}: report folder is not empty (pass --resume to continue an interrupted evaluation "
                           "there, or --overwrite to replace the report)")
-    if resume and output.exists() and any(output.iterdir()) and not (state / "settings.json").is_file():
+    if resume and _holds_work(output) and not (state / "settings.json").is_file():
         raise AmecamError(f"{output}: no interrupted evaluation to resume there (pass --overwrite to replace what it holds)")
     if not 0.0 <= options.threshold <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {options.threshold}")

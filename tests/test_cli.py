@@ -321,6 +321,22 @@ def test_evaluate_resume_keeps_the_finished_cases(capsys, tmp_path, tiny_bundle,
     assert code == 2 and "--resume" in err and "--overwrite" in err
 
 
+def test_evaluate_after_a_failed_first_case_runs_again_and_refuses_a_file(capsys, tmp_path, tiny_bundle, tiny_dataset):
+    data = tiny_dataset
+    flair = data / "CASE_00" / "CASE_00_flair.nii.gz"
+    good = flair.read_bytes()
+    flair.write_bytes(good[:200])
+    common = ("--data_dir", str(data), "--bundle", str(tiny_bundle), "--methods", "exit1", "--device", "cpu")
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"))
+    assert code == 2 and "CASE_00_flair.nii.gz" in err
+    flair.write_bytes(good)  # nothing was finished, so the same command simply runs
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"))
+    assert code == 0, err
+    (tmp_path / "report.txt").write_text("mine")
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "report.txt"))
+    assert code == 2 and "is a file" in err and (tmp_path / "report.txt").read_text() == "mine"
+
+
 def test_evaluate_scores_a_tumour_slice_the_brain_mask_misses(capsys, tmp_path, tiny_bundle):
     import json
 
