@@ -137,7 +137,7 @@ def slice(  # noqa: A001 - the command is called "slice"
         skull_strip=_bool(skull_strip, "skull_strip"),
     )
     labels = read_slice_labels(_path(slice_labels, "slice_labels")) if slice_labels else None
-    cases = find_cases(_path(data_dir, "data_dir"), settings.modalities, pattern=pattern, require_label=labels is None)
+    cases = find_cases(_path(data_dir, "data_dir"), settings.modalities, pattern=pattern, require_label=False)
     logger.info("slice: %s from %s -> %s, settings %s", describe(cases), data_dir, output, settings.as_dict())
     counts = slice_dataset(cases, _path(output, "output"), settings, slice_labels=labels, overwrite=bool(overwrite),
                            workers=_int(workers, "workers", minimum=1))
@@ -147,7 +147,8 @@ def slice(  # noqa: A001 - the command is called "slice"
     )
 
 
-@SetParseFns(data_dir=str, output_dir=str, modality=str, device=str, pretrain=str, fusion=str, config=str, pattern=str)
+@SetParseFns(data_dir=str, output_dir=str, modality=str, device=str, pretrain=str, fusion=str, config=str, pattern=str,
+             slice_labels=str)
 def train(
     data_dir: str,
     output_dir: str | None = None,
@@ -165,6 +166,7 @@ def train(
     val_fraction: float | None = None,
     skull_strip: bool | None = None,
     fusion: str | None = None,
+    slice_labels: str | None = None,
     config: str | None = None,
     pattern: str | None = None,
     resume: bool = False,
@@ -202,6 +204,7 @@ def train(
             attention map Mf, the default) or attention (Mf alone; better in most runs of
             docs/benchmarks.md section 8). Training is the same either way: --resume --fusion attention
             switches a finished run without retraining.
+        slice_labels: CSV of slice-level labels (columns case, slice, label: tumor/normal or 1/0; slice counts along the file's axial axis) for volumes without segmentations; used instead of segmentations where given.
         config: YAML/JSON file of settings (any of the options above).
         pattern: naming pattern of the data, see amecam slice.
         resume: continue the interrupted run in --output_dir with its saved settings.
@@ -219,6 +222,7 @@ def train(
         "val_fraction": None if val_fraction is None else _float(val_fraction, "val_fraction"),
         "skull_strip": None if skull_strip is None else _bool(skull_strip, "skull_strip"),
         "fusion": fusion,
+        "slice_labels": None if slice_labels is None else str(slice_labels),
     }
     for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs"):
         if given[name] is not None:

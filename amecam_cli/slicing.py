@@ -20,6 +20,7 @@ are already done, so an interrupted run resumes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ __all__ = [
     "SliceSettings",
     "file_stem",
     "label_slices",
+    "check_slice_labels",
     "read_slice_labels",
     "slice_case",
     "slice_dataset",
@@ -149,28 +151,77 @@ def tumour_slice_indices(label: np.ndarray, zs: Iterable[int], *, min_tumor_frac
 def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
     """Read a CSV of slice-level labels: columns ``case``, ``slice``, ``label`` (tumor/normal or 1/0).
 
-    ``slice`` counts along the file's axial voxel axis, as a viewer shows it.
+    ``slice`` counts along the file's axial voxel axis, as a viewer shows it. The file may be saved the way
+    spreadsheets save CSV: a UTF-8 byte-order mark, capitalised headers, ``;`` or tab between columns,
+    spaces around values, blank lines. A slice labelled twice must get the same label both times.
     """
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AmecamError(f"{path}: not UTF-8 text (save the slice labels as CSV UTF-8)") from exc
     except OSError as exc:
         raise AmecamError(f"{path}: cannot read slice labels ({exc.strerror})") from exc
-    if not rows or not {"case", "slice", "label"} <= set(rows[0]):
-        raise AmecamError(f"{path}: slice-label CSV needs the columns case, slice, label")
+    try:
+        dialect = csv.Sniffer().sniff("\n".join(text.splitlines()[:50]), delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    header = [cell.strip().lower() for cell in next(reader, [])]
+    if not {"case", "slice", "label"} <= set(header):
+        found = ", ".join(h for h in header if h) or "nothing"
+        raise AmecamError(f"{path}: slice-label CSV needs the columns case, slice, label (found {found})")
+    column = {name: header.index(name) for name in ("case", "slice", "label")}
     names = {"tumor": "tumor", "tumour": "tumor", "1": "tumor", "normal": "normal", "0": "normal"}
     out: dict[str, dict[int, str]] = {}
-    for number, row in enumerate(rows, start=2):
-        value = str(row["label"]).strip().lower()
+    line_of: dict[tuple[str, int], int] = {}
+    for row in reader:
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = {name: (row[i].strip() if i < len(row) else "") for name, i in column.items()}
+        if not cells["case"]:
+            raise AmecamError(f"{path}: line {number}: no case id")
+        value = cells["label"].lower()
         if value not in names:
-            raise AmecamError(f"{path}: line {number}: label must be tumor/normal or 1/0, got {row['label']!r}")
+            raise AmecamError(f"{path}: line {number}: label must be tumor/normal or 1/0, got {cells['label']!r}")
         try:
-            index = int(row["slice"])
-        except ValueError as exc:
-            raise AmecamError(f"{path}: line {number}: slice must be a whole number, got {row['slice']!r}") from exc
-        out.setdefault(str(row["case"]), {})[index] = names[value]
+            index = int(cells["slice"])
+        except ValueError:
+            index = -1
+        if index < 0:
+            raise AmecamError(f"{path}: line {number}: slice must be a whole number >= 0, got {cells['slice']!r}")
+        labels = out.setdefault(cells["case"], {})
+        if labels.get(index, names[value]) != names[value]:
+            raise AmecamError(f"{path}: line {number}: slice {index} of case {cells['case']} is labelled {names[value]} here "
+                              f"and {labels[index]} on line {line_of[cells['case'], index]}")
+        labels[index] = names[value]
+        line_of.setdefault((cells["case"], index), number)
     return out
+
+
+def check_slice_labels(cases: list[Case], slice_labels: dict[str, dict[int, str]] | None) -> None:
+    """Refuse cases that have no labels at all, and slice labels for cases the data does not have.
+
+    Without ``slice_labels`` every case needs a segmentation; with them, a case they do not mention is
+    only warned about (it adds nothing to training).
+    """
+    if slice_labels is None:
+        unlabelled = [c.case_id for c in cases if c.label is None]
+        if unlabelled:
+            raise AmecamError(f"{len(unlabelled)} case(s) have no segmentation to derive slice labels from, e.g. "
+                              f"{unlabelled[0]} (give --slice_labels CSV with columns case, slice, label)")
+        return
+    ids = [c.case_id for c in cases]
+    unknown = sorted(set(slice_labels) - set(ids))
+    if unknown:
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise AmecamError(f"slice labels name case(s) not in the data: {', '.join(unknown[:5])}"
+                          f"{', ...' if len(unknown) > 5 else ''} (the data's cases: {shown})")
+    missing = [i for i in ids if not slice_labels.get(i)]
+    if missing:
+        logger.warning("%d case(s) have no slice labels and add nothing to training: %s%s", len(missing),
+                       ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
 
 
 def _axial_file_index(orientation: np.ndarray, n_slices: int) -> np.ndarray:
@@ -192,12 +243,17 @@ def slice_case(
     """
     from amecam_bundle.scripts.preprocess import extract_slices, prepare_volume, resize_masks
 
+    file_index = _axial_file_index(loaded.orientation, loaded.channels.shape[-1])
+    if slice_labels is not None:  # given labels come before a segmentation's
+        outside = sorted(i for i in slice_labels if not 0 <= i < len(file_index))
+        if outside:
+            raise AmecamError(f"case {loaded.case.case_id}: slice {outside[0]} is labelled, but the volume has "
+                              f"{len(file_index)} slices (0 to {len(file_index) - 1} along its axial axis)")
     prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=settings.skull_strip)
     zs = prepared.brain_slices
-    file_index = _axial_file_index(loaded.orientation, loaded.channels.shape[-1])
     area = prepared.brain.shape[0] * prepared.brain.shape[1]
     brain_fractions = prepared.brain.sum(axis=(0, 1)) / area
-    if loaded.label is not None:
+    if slice_labels is None and loaded.label is not None:
         labels, fractions = label_slices(
             loaded.label, zs, min_tumor_fraction=settings.min_tumor_fraction, ambiguous=settings.ambiguous
         )
@@ -307,10 +363,7 @@ def slice_dataset(
 
     out_dir = Path(out_dir)
     check_workers(workers)
-    if slice_labels is None:
-        unlabelled = [c.case_id for c in cases if c.label is None]
-        if unlabelled:
-            raise AmecamError(f"case {unlabelled[0]}: no segmentation to derive slice labels from (give --slice_labels)")
+    check_slice_labels(cases, slice_labels)
     split = split_cases([c.case_id for c in cases], val_fraction=settings.val_fraction, seed=settings.seed)
     _prepare_output(out_dir, settings, split, overwrite)
     stems = [file_stem(c.case_id) for c in cases]

@@ -79,6 +79,7 @@ class TrainSettings:
     skull_strip: bool = False
     fusion: str = "mean"
     device: str = "auto"
+    slice_labels: str | None = None
 
     def validate(self) -> None:
         from .cases import parse_modalities
@@ -130,6 +131,10 @@ class TrainSettings:
             resolve_device(self.device)
         except ValueError as exc:
             raise AmecamError(f"--device: {exc}") from exc
+        if self.slice_labels is not None:
+            if not isinstance(self.slice_labels, (str, os.PathLike)) or not str(self.slice_labels).strip():
+                raise AmecamError(f"--slice_labels must be the path of a CSV file, got {self.slice_labels!r}")
+            self.slice_labels = str(Path(self.slice_labels).expanduser().resolve())  # a resumed run finds it from anywhere
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -182,7 +187,7 @@ def resolve_settings(*, config: Path | None = None, saved: dict | None = None, *
         if saved is not None and key not in RESUMABLE_CHANGES:
             current = TrainSettings(**{key: merged.get(key, getattr(TrainSettings(), key))})
             candidate = TrainSettings(**{key: value})
-            if key == "modalities":
+            if key in ("modalities", "slice_labels"):
                 current.validate()
                 candidate.validate()
             if getattr(current, key) != getattr(candidate, key):
@@ -299,6 +304,9 @@ def _prepare_run_folder(output: Path, *, keep: Sequence[Path] = (), overwrite: b
 
 def _check_slice_dataset(data: Path, settings: TrainSettings) -> None:
     """Refuse a slice dataset (``amecam slice`` output) made with settings other than the run's."""
+    if settings.slice_labels:
+        raise AmecamError(f"{data}: a slice dataset already holds its slice labels; --slice_labels is for volumes "
+                          "(or give it to amecam slice)")
     info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))["settings"]
     if list(info["modalities"]) != list(settings.modalities):
         raise AmecamError(f"{data}: slice dataset has modalities {','.join(info['modalities'])}, not {','.join(settings.modalities)}")
@@ -322,22 +330,31 @@ def _check_configs_take_fusion(output: Path, fusion: str) -> None:
         raise AmecamError(f"{output}: this run's configs predate --fusion (bundle 0.5.0); train a new run to use --fusion {fusion}")
 
 
-def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, pattern: str | None) -> tuple[Path, dict]:
+def _labelled_cases(data: Path, settings: TrainSettings, pattern: str | None) -> tuple[list, dict | None]:
+    """The cases of a dataset and the slice labels from ``settings.slice_labels`` (None: from segmentations)."""
     from .cases import find_cases
+    from .slicing import check_slice_labels, read_slice_labels
+
+    labels = read_slice_labels(settings.slice_labels) if settings.slice_labels else None
+    cases = find_cases(data, settings.modalities, pattern=pattern, require_label=False)
+    check_slice_labels(cases, labels)
+    return cases, labels
+
+
+def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, cases: list | None, labels: dict | None) -> tuple[Path, dict]:
     from .slicing import SliceSettings, slice_dataset
 
-    if _is_slice_dataset(data):
-        _check_slice_dataset(data, settings)
+    if cases is None:
         logger.info("using the slice dataset %s as it is", data)
         return data, json.loads((data / "dataset.json").read_text(encoding="utf-8"))
-    cases = find_cases(data, settings.modalities, pattern=pattern)
     slices = output / "slices"
     slice_settings = SliceSettings(
         modalities=settings.modalities, image_size=settings.image_size, min_tumor_fraction=settings.min_tumor_fraction,
         ambiguous=settings.ambiguous, val_fraction=settings.val_fraction, seed=settings.seed, skull_strip=settings.skull_strip,
     )
     # the same slices, made faster; a few cases are not worth starting processes for
-    slice_dataset(cases, slices, slice_settings, workers=max(1, min(4, os.cpu_count() or 1, len(cases) // 8)))
+    slice_dataset(cases, slices, slice_settings, slice_labels=labels,
+                  workers=max(1, min(4, os.cpu_count() or 1, len(cases) // 8)))
     return slices, json.loads((slices / "dataset.json").read_text(encoding="utf-8"))
 
 
@@ -482,8 +499,11 @@ def train_bundle(
     saved = _saved_settings(output) if resume else None
     # every setting is checked before anything is written, so a typo leaves no half-made bundle behind
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
+    cases = labels = None
     if _is_slice_dataset(data):
         _check_slice_dataset(data, resolved)
+    else:  # the data is found and its labels checked before the run folder is made
+        cases, labels = _labelled_cases(data, resolved, pattern)
     if resume and resolved.fusion != "mean":
         _check_configs_take_fusion(output, resolved.fusion)
     if not resume:
@@ -492,7 +512,7 @@ def train_bundle(
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)
     try:
-        slices, dataset_info = _slice_if_needed(data, output, resolved, pattern)
+        slices, dataset_info = _slice_if_needed(data, output, resolved, cases, labels)
         metadata = read_metadata(output)
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
         metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}

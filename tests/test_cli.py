@@ -373,6 +373,36 @@ def test_train_command_and_resume_flag(capsys, tmp_path, tiny_dataset):
     assert code == 2 and "--device must be one of auto, cpu, cuda" in err
 
 
+def test_train_from_slice_labels_only(capsys, tmp_path, tiny_dataset):
+    """The researcher with volumes and a CSV of slice labels, no masks: amecam train --slice_labels."""
+    import nibabel as nib
+
+    lines = ["Case;Slice;Label"]  # as a spreadsheet saves it
+    for folder in sorted(tiny_dataset.iterdir()):
+        seg = np.asarray(nib.load(folder / f"{folder.name}_seg.nii.gz").dataobj)
+        share = (seg > 0).mean(axis=(0, 1))
+        lines += [f"{folder.name};{z};{'tumor' if share[z] > 0.01 else 'normal'}" for z in range(seg.shape[2]) if share[z] > 0.01 or share[z] == 0]
+        (folder / f"{folder.name}_seg.nii.gz").unlink()
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    args = ["train", "--data_dir", str(tiny_dataset), "-o", str(tmp_path / "run"), "--epochs", "1", "--attention_epochs", "1",
+            "--image_size", "64", "--batch_size", "4", "--device", "cpu"]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "6 case(s) have no segmentation to derive slice labels from" in err and "--slice_labels" in err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+    code, _, err = run(capsys, *args, "--slice_labels", str(tmp_path / "labels.csv"))
+    assert code == 0, err
+    settings = json.loads((tmp_path / "run" / "configs" / "amecam_train.json").read_text(encoding="utf-8"))
+    assert settings["slice_labels"] == str(tmp_path / "labels.csv")
+    with open(tmp_path / "run" / "slices" / "manifest.csv", encoding="utf-8") as handle:
+        labels = {(r["case"], int(r["slice"])): r["label"] for r in csv.DictReader(handle)}
+    expected = {(c, int(z)): lab for c, z, lab in (line.split(";") for line in lines[1:])}
+    assert {k: v for k, v in labels.items() if v != "unlabelled"} == {k: v for k, v in expected.items() if k in labels}
+    assert "tumor" in labels.values() and "normal" in labels.values()
+    code, _, err = run(capsys, "train", "--data_dir", str(tmp_path / "run" / "slices"), "-o", str(tmp_path / "r2"),
+                       "--image_size", "64", "--slice_labels", str(tmp_path / "labels.csv"))
+    assert code == 2 and "a slice dataset already holds its slice labels" in err
+
+
 def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
     import torch
 

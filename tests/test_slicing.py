@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+
+import nibabel as nib
 
 import numpy as np
 import pytest
@@ -119,6 +122,46 @@ def test_slice_labels_from_csv_without_masks(tmp_path):
     labels_csv.write_text("case,slice,label\nP1,5,maybe\n", encoding="utf-8")
     with pytest.raises(AmecamError, match="line 2: label must be tumor/normal or 1/0, got 'maybe'"):
         read_slice_labels(labels_csv)
+
+
+def test_slice_label_csv_as_spreadsheets_save_it(tmp_path):
+    """Excel's 'CSV UTF-8' starts with a byte-order mark; headers may be capitalised; ; and tab separate too."""
+    path = tmp_path / "labels.csv"
+    path.write_bytes("\ufeffCase ; Slice ; Label\n P1 ; 5 ; Tumour\nP1;6;0\n\nP2;3;1\n".encode("utf-8"))
+    assert read_slice_labels(path) == {"P1": {5: "tumor", 6: "normal"}, "P2": {3: "tumor"}}
+    path.write_text("case\tslice\tlabel\nP1\t5\ttumor\nP1\t5\ttumor\n", encoding="utf-8")  # a repeat that agrees is fine
+    assert read_slice_labels(path) == {"P1": {5: "tumor"}}
+    for text, message in [
+        ("case,slice,label\nP1,5,tumor\nP1,5,normal\n", "line 3: slice 5 of case P1 is labelled normal here and tumor on line 2"),
+        ("case,slice,label\nP1,-1,tumor\n", "line 2: slice must be a whole number >= 0, got '-1'"),
+        ("case,slice,label\n,5,tumor\n", "line 2: no case id"),
+        ("patient,z,label\nP1,5,tumor\n", "needs the columns case, slice, label (found patient, z, label)"),
+    ]:
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(AmecamError, match=re.escape(message)):
+            read_slice_labels(path)
+    path.write_bytes("case,slice,label\nPatient_\xe9,5,tumor\n".encode("latin-1"))
+    with pytest.raises(AmecamError, match="not UTF-8 text"):
+        read_slice_labels(path)
+
+
+def test_slice_labels_are_checked_against_the_cases(tmp_path, caplog):
+    root = tmp_path / "data"
+    for case in ("P1", "P2"):
+        write_brats_case(root, case)  # with segmentations: the CSV's labels are used instead of them
+    cases = find_cases(root, "flair", require_label=False)
+    settings = SliceSettings(modalities=("flair",), image_size=16)
+    with pytest.raises(AmecamError, match=re.escape("slice labels name case(s) not in the data: P3 (the data's cases: P1, P2)")):
+        slice_dataset(cases, tmp_path / "a", settings, slice_labels={"P1": {5: "tumor"}, "P3": {5: "tumor"}}, progress=False)
+    depth = nib.load(root / "P1" / "P1_flair.nii.gz").shape[2]
+    with pytest.raises(AmecamError, match=f"case P1: slice {depth} is labelled, but the volume has {depth} slices"):
+        slice_dataset(cases, tmp_path / "b", settings, slice_labels={"P1": {depth: "tumor"}}, progress=False)
+    with caplog.at_level("WARNING"):
+        slice_dataset(cases, tmp_path / "c", settings, slice_labels={"P1": {2: "tumor", 5: "normal"}}, progress=False)
+    assert "1 case(s) have no slice labels and add nothing to training: P2" in caplog.text
+    rows = {(r["case"], int(r["slice"])): r["label"] for r in _manifest(tmp_path / "c")}
+    assert rows[("P1", 2)] == "tumor" and rows[("P1", 5)] == "normal"  # the CSV, not the segmentation
+    assert {label for (case, _), label in rows.items() if case == "P2"} == {"unlabelled"}
 
 
 def test_bad_settings_name_the_option():
