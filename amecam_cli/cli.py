@@ -482,7 +482,7 @@ def evaluate(
     print(table_markdown(report))
 
 
-@SetParseFns(bundle=str, data_dir=str, output_dir=str, device=str, pattern=str)
+@SetParseFns(bundle=str, data_dir=str, output_dir=str, device=str, pattern=str, slice_labels=str)
 def train_seg(
     bundle: str | None = None,
     data_dir: str | None = None,
@@ -497,6 +497,7 @@ def train_seg(
     crf: bool = False,
     uncertainty_margin: float = 0.1,
     uncertainty_weight: float = 0.2,
+    slice_labels: str | None = None,
     pattern: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -523,6 +524,7 @@ def train_seg(
         crf: refine the pseudo-labels with DenseCRF.
         uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain.
         uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting).
+        slice_labels: CSV of slice labels for data without segmentations (default: the CSV the AME-CAM bundle was trained with, if any), see amecam train.
         pattern: naming pattern of the data, see amecam slice.
         resume: continue an interrupted run in --output_dir.
         overwrite: start again in a non-empty --output_dir.
@@ -536,7 +538,7 @@ def train_seg(
         image_size=None if image_size is None else _int(image_size, "image_size"), batch_size=_int(batch_size, "batch_size", minimum=2),
         learning_rate=_float(learning_rate, "learning_rate"), device=str(device), seed=None if seed is None else _int(seed, "seed", minimum=0),
         supervised=bool(supervised), crf=bool(crf), uncertainty_margin=_float(uncertainty_margin, "uncertainty_margin"),
-        uncertainty_weight=_float(uncertainty_weight, "uncertainty_weight"), pattern=pattern, resume=bool(resume), overwrite=bool(overwrite),
+        uncertainty_weight=_float(uncertainty_weight, "uncertainty_weight"), pattern=pattern, slice_labels=None if slice_labels is None else str(slice_labels), resume=bool(resume), overwrite=bool(overwrite),
     )
 
 

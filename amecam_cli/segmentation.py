@@ -22,7 +22,10 @@ import numpy as np
 from . import __version__
 from .bundle import instantiate_network, open_bundle, read_metadata, write_metadata
 from .errors import AmecamError
-from .training import TrainSettings, _prepare_run_folder, _saved_settings, attach_run_log, detach_run_log, _slice_if_needed, export_torchscript, run_config
+from .training import (
+    TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
+    attach_run_log, detach_run_log, export_torchscript, run_config,
+)
 
 __all__ = ["write_pseudo_labels", "train_segmentation"]
 
@@ -105,6 +108,7 @@ def train_segmentation(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    slice_labels: str | None = None,
 ) -> dict:
     """Train the segmentation bundle in ``output`` from the AME-CAM bundle ``bundle_path``; see the module docs."""
     import torch
@@ -129,11 +133,8 @@ def train_segmentation(
     base = dict(training.get("settings", {}))
     saved = _saved_settings(output) if resume else None
     if saved is None:
-        _prepare_run_folder(output, keep=[data, Path(bundle_path)], overwrite=overwrite)
-        configs = output / "configs"
-        shutil.move(str(configs / "inference_seg.yaml"), configs / "inference.yaml")
-        for name in configs.glob("train_stage*.yaml"):
-            name.unlink()
+        if slice_labels is not None:
+            slice_labels = str(Path(slice_labels).expanduser().resolve())
         settings = {
             "modalities": list(source.modalities), "image_size": int(image_size or source.image_size), "epochs": int(epochs),
             "batch_size": int(batch_size), "learning_rate": float(learning_rate), "device": str(device),
@@ -141,9 +142,9 @@ def train_segmentation(
             "uncertainty_margin": float(uncertainty_margin), "uncertainty_weight": float(uncertainty_weight),
             "val_fraction": float(base.get("val_fraction", 0.2)), "min_tumor_fraction": float(base.get("min_tumor_fraction", 0.01)),
             "ambiguous": base.get("ambiguous", "exclude"), "skull_strip": bool(source.strip_skull),
+            "slice_labels": slice_labels or base.get("slice_labels"),
             "source_bundle": str(Path(bundle_path).resolve()),
         }
-        (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     else:
         settings = saved
     for name in ("image_size",):
@@ -152,10 +153,26 @@ def train_segmentation(
     slice_settings = TrainSettings(modalities=tuple(settings["modalities"]), image_size=settings["image_size"], seed=settings["seed"],
                                    val_fraction=settings["val_fraction"], min_tumor_fraction=settings["min_tumor_fraction"],
                                    ambiguous=settings["ambiguous"], skull_strip=bool(settings.get("skull_strip", False)), epochs=1)
+    cases = labels = None
+    if _is_slice_dataset(data):
+        _check_slice_dataset(data, slice_settings)
+    else:  # the data and its labels are checked before the run folder is made
+        slice_settings.slice_labels = settings.get("slice_labels")
+        if slice_settings.slice_labels and not Path(slice_settings.slice_labels).is_file():
+            raise AmecamError(f"{slice_settings.slice_labels}: the slice labels the AME-CAM bundle was trained with are not "
+                              "here; give them with --slice_labels CSV")
+        cases, labels = _labelled_cases(data, slice_settings, pattern)
+    if saved is None:
+        _prepare_run_folder(output, keep=[data, Path(bundle_path)], overwrite=overwrite)
+        configs = output / "configs"
+        shutil.move(str(configs / "inference_seg.yaml"), configs / "inference.yaml")
+        for name in configs.glob("train_stage*.yaml"):
+            name.unlink()
+        (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)
     try:
-        slices, dataset_info = _slice_if_needed(data, output, slice_settings, pattern)
+        slices, dataset_info = _slice_if_needed(data, output, slice_settings, cases, labels)
         source_split = training.get("split", {})
         if source_split and dataset_info.get("split") and any(source_split.get(c) not in (None, s) for c, s in dataset_info["split"].items()):
             logger.warning("the case split differs from the AME-CAM bundle's: validation cases may have been seen by AME-CAM")

@@ -401,6 +401,19 @@ def test_train_from_slice_labels_only(capsys, tmp_path, tiny_dataset):
     code, _, err = run(capsys, "train", "--data_dir", str(tmp_path / "run" / "slices"), "-o", str(tmp_path / "r2"),
                        "--image_size", "64", "--slice_labels", str(tmp_path / "labels.csv"))
     assert code == 2 and "a slice dataset already holds its slice labels" in err
+    # train-seg makes its pseudo-labels on the slices the CSV calls tumour: the bundle's CSV, or --slice_labels
+    seg_args = ["train-seg", "--bundle", str(tmp_path / "run"), "--data_dir", str(tiny_dataset), "--epochs", "1",
+                "--batch_size", "4", "--device", "cpu"]
+    code, _, err = run(capsys, *seg_args, "-o", str(tmp_path / "seg"))
+    assert code == 0, err
+    with open(tmp_path / "seg" / "slices" / "manifest.csv", encoding="utf-8") as handle:
+        assert {(r["case"], int(r["slice"])): r["label"] for r in csv.DictReader(handle)} == labels
+    (tmp_path / "labels.csv").rename(tmp_path / "moved.csv")
+    code, _, err = run(capsys, *seg_args, "-o", str(tmp_path / "seg2"))
+    assert code == 2 and "the slice labels the AME-CAM bundle was trained with are not here" in err
+    assert not (tmp_path / "seg2").exists()
+    code, _, err = run(capsys, *seg_args, "-o", str(tmp_path / "seg2"), "--slice_labels", str(tmp_path / "moved.csv"))
+    assert code == 0, err
 
 
 def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
