@@ -2,7 +2,7 @@
 
 Layout of a slice dataset folder::
 
-    dataset.json          settings, the case-level split, amecam version
+    dataset.json          settings, the case-level split, where the labels come from, amecam version
     manifest.csv          one row per slice: case, slice, z, row, label, tumor_fraction, brain_fraction, split, file
     images/<file>.npy     (n_slices, C, S, S) float16 per case, C = modalities in order
     masks/<file>.npy      (n_slices, S, S) uint8 whole-tumour masks (only when segmentations exist)
@@ -20,6 +20,7 @@ are already done, so an interrupted run resumes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -281,7 +282,21 @@ def slice_case(
     return images, masks, rows, prepared.box
 
 
-def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str], overwrite: bool) -> None:
+def labels_source(slice_labels: dict[str, dict[int, str]] | None) -> dict:
+    """Where a slice dataset's labels come from, as ``dataset.json`` records it (a CSV's labels by their digest)."""
+    if slice_labels is None:
+        return {"from": "segmentations"}
+    canonical = json.dumps({case: sorted(labels.items()) for case, labels in sorted(slice_labels.items())})
+    return {"from": "slice label CSV", "sha256": hashlib.sha256(canonical.encode("utf-8")).hexdigest()}
+
+
+def _describe_labels(source: dict) -> str:
+    if source.get("from") == "segmentations":
+        return "segmentations"
+    return f"slice labels with digest {str(source.get('sha256', '?'))[:12]}"
+
+
+def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str], overwrite: bool, labels: dict) -> None:
     info_path = out_dir / "dataset.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise AmecamError(f"{out_dir}: output exists and is not a folder")
@@ -299,6 +314,10 @@ def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str
             )
         if info.get("split") != split:
             raise AmecamError(f"{out_dir}: holds slices of another set of cases; use another folder or pass --overwrite")
+        saved_labels = info.get("labels", {"from": "segmentations"})  # datasets before 0.5.5 did not record it
+        if saved_labels != labels:
+            raise AmecamError(f"{out_dir}: holds slices labelled from {_describe_labels(saved_labels)}, not from "
+                              f"{_describe_labels(labels)}; use another folder or pass --overwrite")
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
@@ -320,6 +339,7 @@ def _prepare_output(out_dir: Path, settings: SliceSettings, split: dict[str, str
         "amecam_version": __version__,
         "settings": settings.as_dict(),
         "split": split,
+        "labels": labels,
     }
     _write_text(info_path, json.dumps(info, indent=2) + "\n")
 
@@ -365,7 +385,7 @@ def slice_dataset(
     check_workers(workers)
     check_slice_labels(cases, slice_labels)
     split = split_cases([c.case_id for c in cases], val_fraction=settings.val_fraction, seed=settings.seed)
-    _prepare_output(out_dir, settings, split, overwrite)
+    _prepare_output(out_dir, settings, split, overwrite, labels_source(slice_labels))
     stems = [file_stem(c.case_id) for c in cases]
     if len(set(stems)) != len(stems):
         raise AmecamError(f"{out_dir}: two case ids map to the same file name; rename them")

@@ -383,6 +383,7 @@ def _update_metadata(root: Path, settings: TrainSettings, data: Path, dataset_in
         "settings": settings.as_dict(),
         "split": dataset_info.get("split", {}),
         "slice_settings": dataset_info.get("settings", {}),
+        "slice_labels": dataset_info.get("labels", {"from": "segmentations"}),
         "stage1": {k: stage1.get(k) for k in ("best_epoch", "best_val_auc", "n_train", "n_val")},
         "stage2": {k: summaries.get("stage2", {}).get(k) for k in ("best_epoch", "polarity", "n_train", "n_val")},
         "pretrain": settings.pretrain,
@@ -444,6 +445,15 @@ def _auc_text(auc: float | None, *, why: bool = True) -> str:
     return f"validation slice AUC {auc:.3f}"
 
 
+def _labels_text(training: dict) -> str:
+    source = training.get("slice_labels", {"from": "segmentations"})
+    if source.get("from") == "segmentations":
+        share = training.get("slice_settings", {}).get("min_tumor_fraction", 0.01)
+        return f"from whole-tumour masks (tumour when it covers more than {share:.0%} of the slice)"
+    csv_file = training.get("settings", {}).get("slice_labels")
+    return f"from a CSV of slice labels{f' (`{Path(csv_file).name}`)' if csv_file else ''}, no masks"
+
+
 def _write_model_card(root: Path, metadata: dict) -> None:
     card = root / "docs" / "README.md"
     training = metadata["amecam_training"]
@@ -457,6 +467,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         f"stem stride {training['settings'].get('stem_stride', 1)}; seed {training['settings']['seed']}; "
         f"skull stripping {'on (scalp and skull removed from the brain mask, also at inference)' if training['settings'].get('skull_strip') else 'off'}.",
         f"- Masks are made from {FUSION_TEXT[training['settings'].get('fusion', 'mean')]}.",
+        f"- Slice labels: {_labels_text(training)}.",
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
         f"- Stage 1 best epoch {training['stage1']['best_epoch']}, {_auc_text(training['stage1']['best_val_auc'])}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",

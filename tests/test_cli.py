@@ -393,6 +393,8 @@ def test_train_from_slice_labels_only(capsys, tmp_path, tiny_dataset):
     assert code == 0, err
     settings = json.loads((tmp_path / "run" / "configs" / "amecam_train.json").read_text(encoding="utf-8"))
     assert settings["slice_labels"] == str(tmp_path / "labels.csv")
+    card = (tmp_path / "run" / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "- Slice labels: from a CSV of slice labels (`labels.csv`), no masks." in card
     with open(tmp_path / "run" / "slices" / "manifest.csv", encoding="utf-8") as handle:
         labels = {(r["case"], int(r["slice"])): r["label"] for r in csv.DictReader(handle)}
     expected = {(c, int(z)): lab for c, z, lab in (line.split(";") for line in lines[1:])}

@@ -162,6 +162,12 @@ def test_slice_labels_are_checked_against_the_cases(tmp_path, caplog):
     rows = {(r["case"], int(r["slice"])): r["label"] for r in _manifest(tmp_path / "c")}
     assert rows[("P1", 2)] == "tumor" and rows[("P1", 5)] == "normal"  # the CSV, not the segmentation
     assert {label for (case, _), label in rows.items() if case == "P2"} == {"unlabelled"}
+    # a rerun into the same folder reuses its cases only when their labels come from the same place
+    with pytest.raises(AmecamError, match="holds slices labelled from slice labels with digest [0-9a-f]{12}, not from segmentations"):
+        slice_dataset(cases, tmp_path / "c", settings, progress=False)
+    with pytest.raises(AmecamError, match="not from slice labels with digest"):
+        slice_dataset(cases, tmp_path / "c", settings, slice_labels={"P1": {2: "normal", 5: "normal"}}, progress=False)
+    assert slice_dataset(cases, tmp_path / "c", settings, slice_labels={"P1": {2: "tumor", 5: "normal"}}, progress=False)["reused_cases"] == 2
 
 
 def test_bad_settings_name_the_option():

@@ -35,6 +35,7 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert 0.0 <= stage1["best_val_auc"] <= 1.0 and metadata["eval_metrics"]["val_slice_auc"] == stage1["best_val_auc"]
     card = (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
     assert "## This copy" in card and f"validation slice AUC {stage1['best_val_auc']:.3f}" in card
+    assert "- Slice labels: from whole-tumour masks (tumour when it covers more than 1% of the slice)." in card
 
 
 def test_a_single_case_trains_without_a_validation_auc_and_says_so(tmp_path, caplog):
