@@ -524,7 +524,7 @@ def train_seg(
         crf: refine the pseudo-labels with DenseCRF.
         uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain.
         uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting).
-        slice_labels: CSV of slice labels for data without segmentations (default: the CSV the AME-CAM bundle was trained with, if any), see amecam train.
+        slice_labels: CSV of slice labels for data without segmentations (default: the CSV the AME-CAM bundle was trained with, if any, except with --supervised), see amecam train.
         pattern: naming pattern of the data, see amecam slice.
         resume: continue an interrupted run in --output_dir.
         overwrite: start again in a non-empty --output_dir.

@@ -142,7 +142,8 @@ def train_segmentation(
             "uncertainty_margin": float(uncertainty_margin), "uncertainty_weight": float(uncertainty_weight),
             "val_fraction": float(base.get("val_fraction", 0.2)), "min_tumor_fraction": float(base.get("min_tumor_fraction", 0.01)),
             "ambiguous": base.get("ambiguous", "exclude"), "skull_strip": bool(source.strip_skull),
-            "slice_labels": slice_labels or base.get("slice_labels"),
+            # the AME-CAM run's CSV, unless the expert masks are there to be used (--supervised)
+            "slice_labels": slice_labels or (None if supervised else base.get("slice_labels")),
             "source_bundle": str(Path(bundle_path).resolve()),
         }
     else:

@@ -414,6 +414,8 @@ def test_train_from_slice_labels_only(capsys, tmp_path, tiny_dataset):
     code, _, err = run(capsys, *seg_args, "-o", str(tmp_path / "seg2"))
     assert code == 2 and "the slice labels the AME-CAM bundle was trained with are not here" in err
     assert not (tmp_path / "seg2").exists()
+    code, _, err = run(capsys, *seg_args, "-o", str(tmp_path / "seg2"), "--supervised")  # needs masks, not the CSV
+    assert code == 2 and "6 case(s) have no segmentation" in err and not (tmp_path / "seg2").exists()
     code, _, err = run(capsys, *seg_args, "-o", str(tmp_path / "seg2"), "--slice_labels", str(tmp_path / "moved.csv"))
     assert code == 0, err
 
