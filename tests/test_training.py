@@ -63,6 +63,30 @@ def test_same_seed_same_weights(tiny_bundle, tmp_path):
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_a_csv_with_the_masks_labels_trains_the_same_network(tiny_bundle, tmp_path):
+    """Slice labels from a CSV (no masks) are the same method: the CSV that states the masks' labels gives the same weights."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    lines = ["case,slice,label"]
+    for folder in sorted((tiny_bundle.parent / "data").iterdir()):
+        seg = np.asarray(nib.load(folder / f"{folder.name}_seg.nii.gz").dataobj)
+        share = (seg > 0).mean(axis=(0, 1))  # the masks' rule: tumour above 1% of the slice, normal without tumour
+        lines += [f"{folder.name},{z},{'tumor' if share[z] > 0.01 else 'normal'}" for z in range(seg.shape[2])
+                  if share[z] > 0.01 or share[z] == 0]
+        (tmp_path / "volumes" / folder.name).mkdir(parents=True)
+        shutil.copy(folder / f"{folder.name}_flair.nii.gz", tmp_path / "volumes" / folder.name)
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train_bundle(tmp_path / "volumes", tmp_path / "run", settings={**TINY_SETTINGS, "slice_labels": str(tmp_path / "labels.csv")},
+                 progress=False)
+    from_masks = torch.load(tiny_bundle / "models" / "model.pt", weights_only=True)
+    from_csv = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
+    assert from_masks.keys() == from_csv.keys()
+    assert all(torch.equal(from_masks[name], from_csv[name]) for name in from_masks)
+
+
 def test_resume_continues_after_the_last_checkpoint(tmp_path):
     data = tmp_path / "data"
     for i in range(4):
