@@ -155,6 +155,8 @@ def _read_settings_file(path: Path) -> dict:
         raise AmecamError(f"{path}: cannot read settings ({exc})") from exc
     if not isinstance(data, dict):
         raise AmecamError(f"{path}: settings must be a mapping of option: value")
+    if isinstance(data.get("slice_labels"), str):  # a file named in the settings file is found beside it
+        data["slice_labels"] = str(path.parent / Path(data["slice_labels"]).expanduser())
     return data
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +161,11 @@ def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
     assert settings.epochs == 7 and settings.image_size == 96 and settings.modalities == ("flair", "t1ce")
     assert settings.attention_epochs == TrainSettings().attention_epochs
     assert "setting image_size = 96 (command line)" in caplog.text and f"setting epochs = 7 ({config})" in caplog.text
+    # a slice-label CSV named in the settings file is found beside the file, one on the command line from here
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "settings.yaml").write_text("slice_labels: labels.csv\n", encoding="utf-8")
+    assert resolve_settings(config=tmp_path / "project" / "settings.yaml").slice_labels == str((tmp_path / "project" / "labels.csv").resolve())
+    assert resolve_settings(slice_labels="labels.csv").slice_labels == str(Path("labels.csv").resolve())
     config.write_text("epoch: 7\n", encoding="utf-8")
     with pytest.raises(AmecamError, match="unknown settings epoch"):
         resolve_settings(config=config)
