@@ -453,7 +453,10 @@ def evaluate(
             result = finished[index]
         else:
             result = _evaluate_case(case, context, with_qualitative=len(qualitative) < options.qualitative_slices)
-            _save_case(state, index, result)
+            try:
+                _save_case(state, index, result)
+            except OSError as exc:
+                raise AmecamError(f"{state}: cannot keep the results of case {case.case_id} ({exc.strerror or exc})") from exc
             result = _json_round_trip(result)  # the numbers a resumed run reads back, so both give the same report
         for name in variants:
             slice_rows[name] += result["slice_rows"][name]

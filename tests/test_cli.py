@@ -321,7 +321,7 @@ def test_evaluate_resume_keeps_the_finished_cases(capsys, tmp_path, tiny_bundle,
     assert code == 2 and "--resume" in err and "--overwrite" in err
 
 
-def test_evaluate_after_a_failed_first_case_runs_again_and_refuses_a_file(capsys, tmp_path, tiny_bundle, tiny_dataset):
+def test_evaluate_after_a_failed_first_case_runs_again_and_refuses_a_file(capsys, tmp_path, tiny_bundle, tiny_dataset, monkeypatch):
     data = tiny_dataset
     flair = data / "CASE_00" / "CASE_00_flair.nii.gz"
     good = flair.read_bytes()
@@ -332,6 +332,16 @@ def test_evaluate_after_a_failed_first_case_runs_again_and_refuses_a_file(capsys
     flair.write_bytes(good)  # nothing was finished, so the same command simply runs
     code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"))
     assert code == 0, err
+    import errno
+
+    import amecam_cli.evaluation as evaluation
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluation, "_save_case", disk_full)
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "full"))
+    assert code == 2 and err.strip().endswith("cannot keep the results of case CASE_00 (No space left on device)")
     (tmp_path / "report.txt").write_text("mine")
     code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "report.txt"))
     assert code == 2 and "is a file" in err and (tmp_path / "report.txt").read_text() == "mine"
