@@ -198,6 +198,8 @@ def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
                               f"and {labels[index]} on line {line_of[cells['case'], index]}")
         labels[index] = names[value]
         line_of.setdefault((cells["case"], index), number)
+    if not out:
+        raise AmecamError(f"{path}: holds no slice labels, only its header")
     return out
 
 

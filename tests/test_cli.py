@@ -399,6 +399,11 @@ def test_train_from_slice_labels_only(capsys, tmp_path, tiny_dataset):
     code, _, err = run(capsys, *args)
     assert code == 2 and "6 case(s) have no segmentation to derive slice labels from" in err and "--slice_labels" in err
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
+    (tmp_path / "normal.csv").write_text("\n".join(line for line in lines if "tumor" not in line) + "\n", encoding="utf-8")
+    (tmp_path / "empty.csv").write_text(lines[0] + "\n", encoding="utf-8")
+    for name, message in [("normal.csv", "labels 0 tumour and"), ("empty.csv", "holds no slice labels, only its header")]:
+        code, _, err = run(capsys, *args, "--slice_labels", str(tmp_path / name))
+        assert code == 2 and message in err and not (tmp_path / "run").exists(), err
     code, _, err = run(capsys, *args, "--slice_labels", str(tmp_path / "labels.csv"))
     assert code == 0, err
     settings = json.loads((tmp_path / "run" / "configs" / "amecam_train.json").read_text(encoding="utf-8"))
