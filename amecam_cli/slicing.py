@@ -186,9 +186,10 @@ def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
         value = cells["label"].lower()
         if value not in names:
             raise AmecamError(f"{path}: line {number}: label must be tumor/normal or 1/0, got {cells['label']!r}")
-        try:
-            index = int(cells["slice"])
-        except ValueError:
+        try:  # a spreadsheet may write a whole number as 5.0
+            number_value = float(cells["slice"])
+            index = int(number_value) if number_value.is_integer() else -1
+        except (ValueError, OverflowError):
             index = -1
         if index < 0:
             raise AmecamError(f"{path}: line {number}: slice must be a whole number >= 0, got {cells['slice']!r}")

@@ -127,13 +127,14 @@ def test_slice_labels_from_csv_without_masks(tmp_path):
 def test_slice_label_csv_as_spreadsheets_save_it(tmp_path):
     """Excel's 'CSV UTF-8' starts with a byte-order mark; headers may be capitalised; ; and tab separate too."""
     path = tmp_path / "labels.csv"
-    path.write_bytes("\ufeffCase ; Slice ; Label\n P1 ; 5 ; Tumour\nP1;6;0\n\nP2;3;1\n".encode("utf-8"))
+    path.write_bytes("\ufeffCase ; Slice ; Label\n P1 ; 5 ; Tumour\nP1;6;0\n\nP2;3.0;1\n".encode("utf-8"))
     assert read_slice_labels(path) == {"P1": {5: "tumor", 6: "normal"}, "P2": {3: "tumor"}}
     path.write_text("case\tslice\tlabel\nP1\t5\ttumor\nP1\t5\ttumor\n", encoding="utf-8")  # a repeat that agrees is fine
     assert read_slice_labels(path) == {"P1": {5: "tumor"}}
     for text, message in [
         ("case,slice,label\nP1,5,tumor\nP1,5,normal\n", "line 3: slice 5 of case P1 is labelled normal here and tumor on line 2"),
         ("case,slice,label\nP1,-1,tumor\n", "line 2: slice must be a whole number >= 0, got '-1'"),
+        ("case,slice,label\nP1,2.5,tumor\n", "line 2: slice must be a whole number >= 0, got '2.5'"),
         ("case,slice,label\n,5,tumor\n", "line 2: no case id"),
         ("patient,z,label\nP1,5,tumor\n", "needs the columns case, slice, label (found patient, z, label)"),
     ]:
