@@ -742,6 +742,8 @@ def _check_arguments(commands: dict, argv: list[str]) -> None:
         return
     params = inspect.signature(commands[argv[0]]).parameters
     names = list(params)
+    required = sum(p.default is inspect.Parameter.empty for p in params.values())
+    switches = {name for name, p in params.items() if isinstance(p.default, bool)}
     positional = 0
     tokens = argv[1:]
     index = 0
@@ -749,6 +751,10 @@ def _check_arguments(commands: dict, argv: list[str]) -> None:
         token = tokens[index]
         if token in ("--help", "-h", "--"):
             return
+        previous = tokens[index - 1].split("=", 1)[0] if index else ""
+        if positional >= required and previous.lstrip("-") in switches and not token.startswith("-"):
+            # Fire would hand the word to the next optional parameter (--crf maybe: "--threshold must be a number")
+            _switch_value(previous.lstrip("-"), token)
         if token.startswith("-") and not _is_number(token):
             key = token.lstrip("-").split("=", 1)[0].replace("-", "_")
             boolean = key.startswith("no") and key[2:] in params and params[key[2:]].default is False

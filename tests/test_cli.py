@@ -204,8 +204,9 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
         code, _, err = run(capsys, "infer", "--crf", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), *words)
         assert code == 2 and "output already exists" in err, (words, err)
     assert (tmp_path / "m.nii.gz").read_bytes() == b"keep me"
-    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), "--crf=maybe")
-    assert code == 2 and "--crf is a switch: give --crf or --nocrf" in err
+    for words in (["--crf=maybe"], ["--crf", "maybe"]):  # the second once read as "--threshold must be a number"
+        code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), *words)
+        assert code == 2 and "--crf is a switch: give --crf or --nocrf (or --crf=true/false), got 'maybe'" in err, err
 
 
 def test_infer_warns_on_a_blank_volume(capsys, tmp_path, tiny_bundle):
