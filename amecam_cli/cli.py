@@ -697,6 +697,11 @@ def _switch_value(name: str, value: str) -> bool:
     return _SWITCH_WORDS[value.lower()]
 
 
+def _switches(params) -> set[str]:
+    """The parameters of a command that are switches (``bool``, or ``bool | None`` for train's unset options)."""
+    return {name for name, p in params.items() if isinstance(p.default, bool) or str(p.annotation).startswith("bool")}
+
+
 def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
     """Expand one-letter flags (see :func:`_short_flags`) to the long options Fire knows, and bind each switch
     to its value, so that ``--crf patient.nii.gz`` never takes the volume as the switch's value.
@@ -705,7 +710,7 @@ def _translate_short_flags(argv: list[str], commands: dict) -> list[str]:
     if argv and argv[0] in commands:
         table = _short_flags(commands[argv[0]])
         params = inspect.signature(commands[argv[0]]).parameters
-        switches = {name for name, p in params.items() if isinstance(p.default, bool) or str(p.annotation).startswith("bool")}
+        switches = _switches(params)
     out = []
     index = 0
     while index < len(argv):
@@ -742,10 +747,12 @@ def _check_arguments(commands: dict, argv: list[str]) -> None:
         return
     params = inspect.signature(commands[argv[0]]).parameters
     names = list(params)
-    required = sum(p.default is inspect.Parameter.empty for p in params.values())
-    switches = {name for name, p in params.items() if isinstance(p.default, bool)}
+    switches = _switches(params)
     positional = 0
     tokens = argv[1:]
+    flagged = {t.lstrip("-").split("=", 1)[0].replace("-", "_") for t in tokens if t.startswith("--")}
+    # the positional arguments a command still needs (a required one may also come as a flag: --data_dir D)
+    required = sum(p.default is inspect.Parameter.empty and name not in flagged for name, p in params.items())
     index = 0
     while index < len(tokens):
         token = tokens[index]

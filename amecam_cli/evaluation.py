@@ -17,15 +17,15 @@ rows in ``per_slice.csv``, a box plot of per-slice Dice and a qualitative grid.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import time
-import dataclasses
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +35,7 @@ import torch
 
 from . import __version__
 from .errors import AmecamError
+from .io import atomic_path
 
 __all__ = ["EvaluationOptions", "evaluate", "canonical_spacing"]
 
@@ -223,7 +224,7 @@ def _resumed_cases(state: Path, settings: dict, output: Path) -> dict[int, dict]
                     q = result["qualitative"]
                     q.update(image=arrays["image"], truth=arrays["truth"],
                              maps={m: arrays[f"map_{i}"] for i, m in enumerate(q.pop("methods"))})
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise AmecamError(f"{path}: unreadable ({exc}); pass --overwrite to start again") from exc
         if result.get("case") != case_id:
             raise AmecamError(f"{path}: holds case {result.get('case')}, not {case_id}; pass --overwrite to start again")
@@ -238,19 +239,15 @@ def _save_case(state: Path, index: int, result: dict) -> None:
     if q is not None:
         methods = list(q["maps"])
         arrays = {"image": q["image"], "truth": q["truth"], **{f"map_{i}": q["maps"][m] for i, m in enumerate(methods)}}
-        target = state / f"case_{index:05d}_qualitative.npz"
-        temporary = target.with_name(target.name + ".tmp")
-        with open(temporary, "wb") as handle:
+        with atomic_path(state / f"case_{index:05d}_qualitative.npz") as temporary, open(temporary, "wb") as handle:
             np.savez_compressed(handle, **arrays)
-        os.replace(temporary, target)
         result["qualitative"] = {"case": q["case"], "z": q["z"], "methods": methods}
     _write_atomically(state / f"case_{index:05d}.json", json.dumps(result, default=_json_default))
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def _json_round_trip(value):

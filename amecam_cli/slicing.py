@@ -204,11 +204,12 @@ def read_slice_labels(path: str | Path) -> dict[str, dict[int, str]]:
     return out
 
 
-def check_slice_labels(cases: list[Case], slice_labels: dict[str, dict[int, str]] | None) -> None:
+def check_slice_labels(cases: list[Case], slice_labels: dict[str, dict[int, str]] | None, *, warn: bool = True) -> None:
     """Refuse cases that have no labels at all, and slice labels for cases the data does not have.
 
     Without ``slice_labels`` every case needs a segmentation; with them, a case they do not mention is
-    only warned about (it adds nothing to training).
+    only warned about (it adds nothing to training), unless ``warn`` is false (a caller that checks early
+    and slices later, which warns then).
     """
     if slice_labels is None:
         unlabelled = [c.case_id for c in cases if c.label is None]
@@ -223,7 +224,7 @@ def check_slice_labels(cases: list[Case], slice_labels: dict[str, dict[int, str]
         raise AmecamError(f"slice labels name case(s) not in the data: {', '.join(unknown[:5])}"
                           f"{', ...' if len(unknown) > 5 else ''} (the data's cases: {shown})")
     missing = [i for i in ids if not slice_labels.get(i)]
-    if missing:
+    if missing and warn:
         logger.warning("%d case(s) have no slice labels and add nothing to training: %s%s", len(missing),
                        ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
 
@@ -285,7 +286,7 @@ def slice_case(
     return images, masks, rows, prepared.box
 
 
-def labels_source(slice_labels: dict[str, dict[int, str]] | None) -> dict:
+def _labels_source(slice_labels: dict[str, dict[int, str]] | None) -> dict:
     """Where a slice dataset's labels come from, as ``dataset.json`` records it (a CSV's labels by their digest)."""
     if slice_labels is None:
         return {"from": "segmentations"}
@@ -388,7 +389,7 @@ def slice_dataset(
     check_workers(workers)
     check_slice_labels(cases, slice_labels)
     split = split_cases([c.case_id for c in cases], val_fraction=settings.val_fraction, seed=settings.seed)
-    _prepare_output(out_dir, settings, split, overwrite, labels_source(slice_labels))
+    _prepare_output(out_dir, settings, split, overwrite, _labels_source(slice_labels))
     stems = [file_stem(c.case_id) for c in cases]
     if len(set(stems)) != len(stems):
         raise AmecamError(f"{out_dir}: two case ids map to the same file name; rename them")

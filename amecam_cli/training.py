@@ -339,7 +339,7 @@ def _labelled_cases(data: Path, settings: TrainSettings, pattern: str | None) ->
 
     labels = read_slice_labels(settings.slice_labels) if settings.slice_labels else None
     cases = find_cases(data, settings.modalities, pattern=pattern, require_label=False)
-    check_slice_labels(cases, labels)
+    check_slice_labels(cases, labels, warn=False)  # slice_dataset warns when it slices
     if labels is not None:  # a classifier needs both kinds (the training split is checked again after slicing)
         given = [label for case in cases for label in labels.get(case.case_id, {}).values()]
         if "tumor" not in given or "normal" not in given:

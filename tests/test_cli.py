@@ -207,6 +207,9 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
     for words in (["--crf=maybe"], ["--crf", "maybe"]):  # the second once read as "--threshold must be a number"
         code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), *words)
         assert code == 2 and "--crf is a switch: give --crf or --nocrf (or --crf=true/false), got 'maybe'" in err, err
+    # also for a bool | None switch, after a required argument given as a flag (it once became --modality)
+    code, _, err = run(capsys, "train", "--data_dir", str(tmp_path), "-o", str(tmp_path / "run"), "--skull_strip", "maybe")
+    assert code == 2 and "--skull_strip is a switch" in err and not (tmp_path / "run").exists(), err
 
 
 def test_infer_warns_on_a_blank_volume(capsys, tmp_path, tiny_bundle):
