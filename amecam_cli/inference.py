@@ -204,12 +204,19 @@ def run_inference(
                      save_cam=save_cam or None, pattern=pattern, overwrite=overwrite, resume=resume)
     options = {"batch_size": batch_size} if batch_size else {}  # unset: the bundle's own default for the device
     predictor = bundle.predictor(device=device, threshold=float(threshold), crf=bool(crf), min_component_voxels=int(min_size), **options)
-    results = []
+    results, failed = [], []
     for job in tqdm(jobs, desc="infer", unit="volume", disable=None if progress and len(jobs) > 1 else True):
         t0 = time.perf_counter()
-        loaded = load_case(job.case, with_label=False)
-        t_read = time.perf_counter() - t0
-        prediction = predictor.predict_canonical(loaded.channels, brain=loaded.brain, all_maps=job.cam_path is not None)
+        try:  # one unreadable volume of many must not cost the others their masks
+            loaded = load_case(job.case, with_label=False)
+            t_read = time.perf_counter() - t0
+            prediction = predictor.predict_canonical(loaded.channels, brain=loaded.brain, all_maps=job.cam_path is not None)
+        except AmecamError as error:
+            if len(jobs) == 1:
+                raise
+            logger.error("%s: %s; no mask, going on with the other volumes", job.case.case_id, error)
+            failed.append(job.case.case_id)
+            continue
         t1 = time.perf_counter()
         props = loaded.props
         mask = from_canonical(prediction.mask, loaded.orientation)
@@ -233,4 +240,10 @@ def run_inference(
                     result["tumour_slices"])
         logger.info("timings: %s", json.dumps({k: round(v, 3) for k, v in result["seconds"].items()}))
         results.append(result)
+    if failed:
+        raise AmecamError(
+            f"{len(failed)} of {len(jobs)} volume(s) could not be segmented ({', '.join(failed)}; each is named above); "
+            + (f"the other {len(jobs) - len(failed)} mask(s) were written. " if len(failed) < len(jobs) else "no mask was written. ")
+            + "Fix or remove those volumes, then run the same "
+            "command with --resume to segment only what is missing")
     return results

@@ -86,6 +86,24 @@ def test_resume_segments_only_what_an_interrupted_run_left(tmp_path, tiny_bundle
     assert run_inference(tiny_dataset, masks, tiny_bundle, save_cam=maps, device="cpu", progress=False, resume=True) == []
 
 
+def test_one_unreadable_volume_of_many_costs_the_others_nothing(tmp_path, tiny_bundle, tiny_dataset, caplog):
+    """The cases after a corrupt one are still segmented; the error names it, and --resume does only it once fixed."""
+    flair = tiny_dataset / "CASE_02" / "CASE_02_flair.nii.gz"
+    good = flair.read_bytes()
+    flair.write_bytes(b"not a volume")
+    masks = tmp_path / "masks"
+    with pytest.raises(AmecamError, match=r"1 of 6 volume\(s\) could not be segmented \(CASE_02;.*other 5 mask\(s\) were written.*--resume"):
+        run_inference(tiny_dataset, masks, tiny_bundle, device="cpu", progress=False)
+    assert sorted(p.name for p in masks.iterdir()) == [f"CASE_{i:02d}_mask.nii.gz" for i in (0, 1, 3, 4, 5)]
+    assert any("CASE_02" in r.getMessage() and "cannot read" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    flair.write_bytes(good)
+    results = run_inference(tiny_dataset, masks, tiny_bundle, device="cpu", progress=False, resume=True)
+    assert [r["case"] for r in results] == ["CASE_02"]
+    with pytest.raises(AmecamError, match="cannot read"):  # a single volume: its own error, nothing else
+        flair.write_bytes(b"not a volume")
+        run_inference(flair, tmp_path / "one.nii.gz", tiny_bundle, device="cpu", progress=False)
+
+
 def test_a_dicom_series_into_a_folder_gets_series_folders(tmp_path, tiny_bundle):
     """-o FOLDER for a DICOM series: <case>_mask is a series folder inside it, as a file input gets <case>_mask.nii.gz."""
     from amecam_cli.io import read_volume
