@@ -168,9 +168,12 @@ def _loose_files_hint(source: Path, modalities: tuple[str, ...]) -> str:
     if not loose:
         return ""
     suffix = volume_suffix(loose[0])
+    held = f"; it holds {len(loose)} volume file(s) directly, e.g. {loose[0]}: "
+    named_by_modality = any(name.endswith(f"_{m}{volume_suffix(name)}") for name in loose for m in modalities)
+    if len(modalities) == 1 and not named_by_modality:  # one volume per patient, the file name is the case
+        return held + f"for one {modalities[0]} volume per file, named by its case, pass --pattern \"{modalities[0]}={{case}}{suffix}\""
     named = ", ".join(f"<case>_{m}{suffix}" for m in (*modalities, "seg"))
-    return (f"; it holds {len(loose)} volume file(s) directly, e.g. {loose[0]}: for files named {named} "
-            f"pass --pattern \"{{case}}_{{modality}}{suffix}\"")
+    return held + f"for files named {named} pass --pattern \"{{case}}_{{modality}}{suffix}\""
 
 
 def _brats23_name(modality: str) -> str:

@@ -111,6 +111,13 @@ def test_a_folder_of_loose_volumes_is_told_the_pattern_that_reads_it(tmp_path):
     hint = re.search(r'--pattern "([^"]+)"', str(raised.value)).group(1)
     cases = find_cases(tmp_path, "flair,t1ce", pattern=hint)  # the hint works, labels included
     assert [c.case_id for c in cases] == ["pA", "pB"] and all(c.label is not None for c in cases)
+    patients = tmp_path / "patients"  # one FLAIR volume per patient, no modality in the name
+    for case in ("anna", "ben"):
+        save_nifti(patients / f"{case}.nii.gz", image)
+    with pytest.raises(AmecamError, match=r"holds 2 volume file\(s\) directly, e.g. anna.nii.gz: for one flair volume per file") as raised:
+        find_cases(patients, "flair")
+    hint = re.search(r'--pattern "([^"]+)"', str(raised.value)).group(1)
+    assert [c.case_id for c in find_cases(patients, "flair", pattern=hint, require_label=False)] == ["anna", "ben"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(AmecamError, match=r"found no cases with flair \(expected [^;]*\)$"):  # no loose volumes, no hint
         find_cases(tmp_path / "empty", "flair")
