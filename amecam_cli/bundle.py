@@ -258,7 +258,9 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
     metadata = read_metadata(root)
     weights = root / "models" / "model.pt"
     if not weights.is_file():
-        raise AmecamError(f"{path}: bundle has no weights (models/model.pt); train it first with amecam train")
+        command = "amecam train" if (root / "configs" / "train_stage1.yaml").is_file() else "amecam train-seg"
+        raise AmecamError(f"{path}: bundle has no weights (models/model.pt), so its training never finished; "
+                          f"train it with {command} (after an interruption: the same command with --resume)")
     scripts = _import_scripts(root)
     fmt = metadata["network_data_format"]["inputs"]["image"]
     channel_def = fmt.get("channel_def", {})

@@ -213,8 +213,13 @@ def test_bundle_without_weights(tmp_path, tiny_bundle):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("slices", "checkpoints"))
     (broken / "models" / "model.pt").unlink()
-    with pytest.raises(AmecamError, match="bundle has no weights \\(models/model.pt\\)"):
+    with pytest.raises(AmecamError, match="bundle has no weights \\(models/model.pt\\).*train it with amecam train \\("):
         run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
+    stage1 = (broken / "configs" / "train_stage1.yaml").read_bytes()
+    (broken / "configs" / "train_stage1.yaml").unlink()  # a train-seg bundle has no stage 1: told its own command
+    with pytest.raises(AmecamError, match="train it with amecam train-seg"):
+        run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
+    (broken / "configs" / "train_stage1.yaml").write_bytes(stage1)
     (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AmecamError, match="cannot load the weights"):
         run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
