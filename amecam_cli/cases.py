@@ -171,7 +171,8 @@ def _loose_files_hint(source: Path, modalities: tuple[str, ...]) -> str:
     held = f"; it holds {len(loose)} volume file(s) directly, e.g. {loose[0]}: "
     named_by_modality = any(name.endswith(f"_{m}{volume_suffix(name)}") for name in loose for m in modalities)
     if len(modalities) == 1 and not named_by_modality:  # one volume per patient, the file name is the case
-        return held + f"for one {modalities[0]} volume per file, named by its case, pass --pattern \"{modalities[0]}={{case}}{suffix}\""
+        segs = f";label={{case}}_seg{suffix}" if any(name.endswith(f"_seg{suffix}") for name in loose) else ""
+        return held + f"for one {modalities[0]} volume per file, named by its case, pass --pattern \"{modalities[0]}={{case}}{suffix}{segs}\""
     named = ", ".join(f"<case>_{m}{suffix}" for m in (*modalities, "seg"))
     return held + f"for files named {named} pass --pattern \"{{case}}_{{modality}}{suffix}\""
 
@@ -317,6 +318,10 @@ def _from_pattern(root: Path, modalities: tuple[str, ...], pattern: str | Mappin
         found = regex.match(match.relative_to(root).as_posix())
         if found:
             ids.add(found.group("case"))
+    # a file the pattern names as another case's label, brain mask or modality is not a case of its own
+    # ("flair={case}.nii.gz;label={case}_seg.nii.gz" finds p1_seg.nii.gz, p1's label, as an image too)
+    claimed = {t.replace("{case}", c) for c in ids for key, t in templates.items() if t != first}
+    ids = {c for c in ids if first.replace("{case}", c) not in claimed}
     cases = []
     for case_id in sorted(ids):
         files = {key: root / t.replace("{case}", case_id) for key, t in templates.items()}

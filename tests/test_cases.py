@@ -118,6 +118,12 @@ def test_a_folder_of_loose_volumes_is_told_the_pattern_that_reads_it(tmp_path):
         find_cases(patients, "flair")
     hint = re.search(r'--pattern "([^"]+)"', str(raised.value)).group(1)
     assert [c.case_id for c in find_cases(patients, "flair", pattern=hint, require_label=False)] == ["anna", "ben"]
+    save_nifti(patients / "anna_seg.nii.gz", seg)  # a mask beside its volume is its label, not a third patient
+    with pytest.raises(AmecamError, match=r'pass --pattern "flair=\{case\}.nii.gz;label=\{case\}_seg.nii.gz"') as raised:
+        find_cases(patients, "flair")
+    hint = re.search(r'--pattern "([^"]+)"', str(raised.value)).group(1)
+    cases = find_cases(patients, "flair", pattern=hint, require_label=False)
+    assert [(c.case_id, c.label is not None) for c in cases] == [("anna", True), ("ben", False)]
     (tmp_path / "empty").mkdir()
     with pytest.raises(AmecamError, match=r"found no cases with flair \(expected [^;]*\)$"):  # no loose volumes, no hint
         find_cases(tmp_path / "empty", "flair")
