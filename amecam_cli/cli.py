@@ -206,7 +206,7 @@ def train(
             switches a finished run without retraining.
         slice_labels: CSV of slice-level labels (columns case, slice, label: tumor/normal or 1/0; slice counts along the file's axial axis) for volumes without segmentations; used instead of segmentations where given.
         config: YAML/JSON file of settings (any of the options above).
-        pattern: naming pattern of the data, see amecam slice.
+        pattern: naming pattern of the data, see amecam slice (saved with the run: --resume and train-seg reuse it).
         resume: continue the interrupted run in --output_dir with its saved settings.
         overwrite: start again in a non-empty --output_dir.
     """
@@ -223,13 +223,14 @@ def train(
         "skull_strip": None if skull_strip is None else _bool(skull_strip, "skull_strip"),
         "fusion": fusion,
         "slice_labels": None if slice_labels is None else str(slice_labels),
+        "pattern": None if pattern is None else str(pattern),
     }
     for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs"):
         if given[name] is not None:
             given[name] = _int(given[name], name)
     result = train_bundle(
         _path(data_dir, "data_dir"), _path(output_dir, "output_dir"), settings=given,
-        config=_path(config, "config") if config else None, pattern=pattern, resume=bool(resume), overwrite=bool(overwrite),
+        config=_path(config, "config") if config else None, resume=bool(resume), overwrite=bool(overwrite),
     )
     logger.info("trained bundle: %s", result["bundle"])
 
@@ -525,7 +526,7 @@ def train_seg(
         uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain.
         uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting).
         slice_labels: CSV of slice labels for data without segmentations (default: the CSV the AME-CAM bundle was trained with, if any, except with --supervised), see amecam train.
-        pattern: naming pattern of the data, see amecam slice.
+        pattern: naming pattern of the data, see amecam slice (default: the AME-CAM run's).
         resume: continue an interrupted run in --output_dir.
         overwrite: start again in a non-empty --output_dir.
     """

@@ -144,10 +144,14 @@ def train_segmentation(
             "ambiguous": base.get("ambiguous", "exclude"), "skull_strip": bool(source.strip_skull),
             # the AME-CAM run's CSV, unless the expert masks are there to be used (--supervised)
             "slice_labels": slice_labels or (None if supervised else base.get("slice_labels")),
+            "pattern": pattern if pattern is not None else base.get("pattern"),
             "source_bundle": str(Path(bundle_path).resolve()),
         }
     else:
         settings = saved
+    if pattern is None and settings.get("pattern"):  # the files are named as they were for the AME-CAM run
+        pattern = settings["pattern"]
+        logger.info("naming pattern %r (the AME-CAM run's; --pattern gives another)", pattern)
     for name in ("image_size",):
         if settings[name] % 16 or settings[name] < 32:
             raise AmecamError(f"--image_size must be a multiple of 16 and >= 32 for the U-Net, got {settings[name]}")

@@ -80,6 +80,8 @@ class TrainSettings:
     fusion: str = "mean"
     device: str = "auto"
     slice_labels: str | None = None
+    #: naming pattern of the data (see amecam_cli.cases), kept so that --resume and train-seg find the same files
+    pattern: str | None = None
 
     def validate(self) -> None:
         from .cases import parse_modalities
@@ -135,6 +137,8 @@ class TrainSettings:
             if not isinstance(self.slice_labels, (str, os.PathLike)) or not str(self.slice_labels).strip():
                 raise AmecamError(f"--slice_labels must be the path of a CSV file, got {self.slice_labels!r}")
             self.slice_labels = str(Path(self.slice_labels).expanduser().resolve())  # a resumed run finds it from anywhere
+        if self.pattern is not None and (not isinstance(self.pattern, str) or not self.pattern.strip()):
+            raise AmecamError(f"--pattern must be a naming pattern such as \"{{case}}_{{modality}}.nii.gz\", got {self.pattern!r}")
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -186,7 +190,7 @@ def resolve_settings(*, config: Path | None = None, saved: dict | None = None, *
             continue
         if key not in valid:
             raise AmecamError(f"unknown training setting {key!r}")
-        if saved is not None and key not in RESUMABLE_CHANGES:
+        if saved is not None and key not in RESUMABLE_CHANGES and not (key == "pattern" and key not in saved):  # runs before 0.5.6 kept no pattern
             current = TrainSettings(**{key: merged.get(key, getattr(TrainSettings(), key))})
             candidate = TrainSettings(**{key: value})
             if key in ("modalities", "slice_labels"):
@@ -514,6 +518,8 @@ def train_bundle(
     data, output = Path(data), Path(output)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")
+    if pattern is not None:
+        settings = {**(settings or {}), "pattern": pattern}
     saved = _saved_settings(output) if resume else None
     # every setting is checked before anything is written, so a typo leaves no half-made bundle behind
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
@@ -521,7 +527,7 @@ def train_bundle(
     if _is_slice_dataset(data):
         _check_slice_dataset(data, resolved)
     else:  # the data is found and its labels checked before the run folder is made
-        cases, labels = _labelled_cases(data, resolved, pattern)
+        cases, labels = _labelled_cases(data, resolved, resolved.pattern)
     if resume and resolved.fusion != "mean":
         _check_configs_take_fusion(output, resolved.fusion)
     if not resume:

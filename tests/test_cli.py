@@ -439,6 +439,30 @@ def test_train_from_slice_labels_only(capsys, tmp_path, tiny_dataset):
     assert code == 0, err
 
 
+def test_a_runs_naming_pattern_serves_resume_and_train_seg(capsys, tmp_path, tiny_dataset):
+    """One FLAIR file per patient needs --pattern; the run keeps it, so --resume and train-seg need not repeat it."""
+    patients = tmp_path / "patients"
+    patients.mkdir()
+    for folder in sorted(tiny_dataset.iterdir()):
+        (folder / f"{folder.name}_flair.nii.gz").rename(patients / f"{folder.name.lower()}.nii.gz")
+        (folder / f"{folder.name}_seg.nii.gz").rename(patients / f"{folder.name.lower()}_seg.nii.gz")
+    pattern = "flair={case}.nii.gz;label={case}_seg.nii.gz"
+    args = ["--data_dir", str(patients), "-o", str(tmp_path / "run")]
+    code, _, err = run(capsys, "train", *args, "--pattern", pattern, "--epochs", "1", "--attention_epochs", "1",
+                       "--image_size", "64", "--batch_size", "4", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "configs" / "amecam_train.json").read_text(encoding="utf-8"))["pattern"] == pattern
+    code, _, err = run(capsys, "train", *args, "--resume")
+    assert code == 0 and "setting pattern = " in err and "already complete, skipped" in err, err
+    code, _, err = run(capsys, "train", *args, "--resume", "--pattern", "flair={case}.nii.gz")
+    assert code == 2 and "--pattern 'flair={case}.nii.gz' differs from the run being resumed" in err
+    code, _, err = run(capsys, "train-seg", "--bundle", str(tmp_path / "run"), "--data_dir", str(patients), "-o", str(tmp_path / "seg"),
+                       "--epochs", "1", "--batch_size", "4", "--device", "cpu")
+    assert code == 0 and "(the AME-CAM run's; --pattern gives another)" in err, err
+    assert sorted({r["case"] for r in csv.DictReader(open(tmp_path / "seg" / "slices" / "manifest.csv", encoding="utf-8"))}) == \
+        [f"case_{i:02d}" for i in range(6)]
+
+
 def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
     import torch
 
