@@ -449,7 +449,13 @@ def evaluate(
         if index in finished:
             result = finished[index]
         else:
-            result = _evaluate_case(case, context, with_qualitative=len(qualitative) < options.qualitative_slices)
+            try:
+                result = _evaluate_case(case, context, with_qualitative=len(qualitative) < options.qualitative_slices)
+            except AmecamError as exc:  # a bad file in case k: the k cases before it are kept
+                if index == 0:
+                    raise
+                raise AmecamError(f"{exc}; the {index} case(s) before it are kept: once it is fixed, the same command "
+                                  "with --resume scores the rest") from exc
             try:
                 _save_case(state, index, result)
             except OSError as exc:

@@ -336,6 +336,14 @@ def test_evaluate_after_a_failed_first_case_runs_again_and_refuses_a_file(capsys
     flair.write_bytes(good)  # nothing was finished, so the same command simply runs
     code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"))
     assert code == 0, err
+    later = data / "CASE_02" / "CASE_02_flair.nii.gz"  # a bad file after two finished cases: they are kept, and it says so
+    later_good = later.read_bytes()
+    later.write_bytes(later_good[:200])
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r2"))
+    assert code == 2 and "CASE_02_flair.nii.gz" in err and "the 2 case(s) before it are kept" in err and "--resume" in err
+    later.write_bytes(later_good)
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r2"), "--resume")
+    assert code == 0 and "2 of 6 case(s) kept" in err, err
     import errno
 
     import amecam_cli.evaluation as evaluation
