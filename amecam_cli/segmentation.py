@@ -149,7 +149,8 @@ def train_segmentation(
         }
     else:
         settings = saved
-    if pattern is None and settings.get("pattern"):  # the files are named as they were for the AME-CAM run
+    inherited = pattern is None and bool(settings.get("pattern"))
+    if inherited:  # the files are named as they were for the AME-CAM run
         pattern = settings["pattern"]
         logger.info("naming pattern %r (the AME-CAM run's; --pattern gives another)", pattern)
     for name in ("image_size",):
@@ -166,7 +167,12 @@ def train_segmentation(
         if slice_settings.slice_labels and not Path(slice_settings.slice_labels).is_file():
             raise AmecamError(f"{slice_settings.slice_labels}: the slice labels the AME-CAM bundle was trained with are not "
                               "here; give them with --slice_labels CSV")
-        cases, labels = _labelled_cases(data, slice_settings, pattern)
+        try:
+            cases, labels = _labelled_cases(data, slice_settings, pattern)
+        except AmecamError as exc:
+            if not inherited:
+                raise
+            raise AmecamError(f"{exc} (with the AME-CAM run's --pattern {pattern!r}; give --pattern for how this data is named)") from exc
     if saved is None:
         _prepare_run_folder(output, keep=[data, Path(bundle_path)], overwrite=overwrite)
         configs = output / "configs"

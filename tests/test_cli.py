@@ -469,6 +469,9 @@ def test_a_runs_naming_pattern_serves_resume_and_train_seg(capsys, tmp_path, tin
     assert code == 0 and "(the AME-CAM run's; --pattern gives another)" in err, err
     assert sorted({r["case"] for r in csv.DictReader(open(tmp_path / "seg" / "slices" / "manifest.csv", encoding="utf-8"))}) == \
         [f"case_{i:02d}" for i in range(6)]
+    (tmp_path / "elsewhere").mkdir()  # other data, named otherwise: the inherited pattern is named in the error
+    code, _, err = run(capsys, "train-seg", "--bundle", str(tmp_path / "run"), "--data_dir", str(tmp_path / "elsewhere"), "-o", str(tmp_path / "seg2"))
+    assert code == 2 and "with the AME-CAM run's --pattern 'flair={case}.nii.gz;label={case}_seg.nii.gz'" in err, err
 
 
 def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
