@@ -127,3 +127,19 @@ def test_method_names_are_validated():
         validate_methods("gradcam2")
     with pytest.raises(AmecamError, match="--stage must be 1, 2, 3 or 4"):
         make_cam("gradcam", _BlobClassifier(), stage=5)
+
+
+def test_cam_is_the_unoriented_deepest_exit_map_and_exit4_the_oriented_one():
+    """docs/benchmarks.md 1c explains CAM's near-zero Dice by this: with exit 4's polarity -1 the two rows are complements."""
+    torch.manual_seed(0)
+    net = AMECAMNet(in_channels=1).eval()
+    x, _ = _images(2)
+    from amecam_bundle.scripts.networks import brain_region
+
+    brain = brain_region(x)[:, 0].bool()
+    maps = compute_maps(net, x, ("cam", "exit4"), batch_size=2)
+    torch.testing.assert_close(maps["cam"][brain], maps["exit4"][brain])  # polarity +1: the same map
+    with torch.no_grad():
+        net.classifier.exit_polarity.fill_(-1.0)
+    maps = compute_maps(net, x, ("cam", "exit4"), batch_size=2)
+    torch.testing.assert_close((maps["cam"] + maps["exit4"])[brain], torch.ones(int(brain.sum())))
