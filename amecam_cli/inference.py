@@ -137,6 +137,13 @@ def plan_jobs(
             if save_cam is not None and (cam_folder or not one_file):
                 cam_path = save_cam / f"{case.case_id}_cam{suffix}"
             jobs.append(InferenceJob(case, output if one_file else output / f"{case.case_id}_{result}{suffix}", cam_path))
+        # -o inside the data folder: the masks (and maps) an earlier run wrote there are not cases of their own
+        written = {path.absolute() for job in jobs for path in (job.mask_path, job.cam_path) if path is not None}
+        ours = [job for job in jobs if any(path.absolute() in written for path in job.case.images.values())]
+        if ours:
+            logger.info("%d file(s) in %s are this command's own outputs (e.g. %s), not cases; left out",
+                        len(ours), source, next(iter(ours[0].case.images.values())).name)
+            jobs = [job for job in jobs if job not in ours]
     for job in jobs:  # a name that cannot be written fails now, not after the mask is written
         dicom = job.case.images[expected[0]].is_dir()
         for path in (job.mask_path, job.cam_path):

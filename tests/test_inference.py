@@ -316,3 +316,17 @@ def test_a_bundle_of_an_earlier_release_still_runs(tmp_path, tiny_bundle, caplog
     assert earlier[0]["brain_slices"] == new[0]["brain_slices"] > 0
     np.testing.assert_array_equal(nib.load(str(tmp_path / "old.nii.gz")).get_fdata(), nib.load(str(tmp_path / "new.nii.gz")).get_fdata())
     assert blank[0]["brain_slices"] == 0 and "no slice has enough brain" in caplog.text
+
+
+def test_masks_written_into_the_data_folder_are_not_cases_the_next_time(tmp_path, tiny_bundle):
+    """-o DATA/ with --pattern "flair={case}.nii.gz": anna_mask.nii.gz matches the pattern, but it is anna's mask."""
+    data = tmp_path / "patients"
+    for name, seed in (("anna", 1), ("ben", 2)):
+        image, _ = planted_case(seed=seed)
+        save_nifti(data / f"{name}.nii.gz", image.astype(np.int16))
+    first = run_inference(data, f"{data}/", tiny_bundle, pattern="flair={case}.nii.gz", device="cpu", progress=False)
+    assert [r["case"] for r in first] == ["anna", "ben"]
+    assert run_inference(data, f"{data}/", tiny_bundle, pattern="flair={case}.nii.gz", device="cpu", progress=False, resume=True) == []
+    again = run_inference(data, f"{data}/", tiny_bundle, pattern="flair={case}.nii.gz", device="cpu", progress=False, overwrite=True)
+    assert [r["case"] for r in again] == ["anna", "ben"]
+    assert sorted(p.name for p in data.iterdir()) == ["anna.nii.gz", "anna_mask.nii.gz", "ben.nii.gz", "ben_mask.nii.gz"]
