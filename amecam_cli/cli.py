@@ -255,6 +255,9 @@ def infer(
 
     Example: amecam infer patient_flair.nii.gz -o patient_mask.nii.gz --bundle runs/flair
 
+    Of many volumes, one that cannot be read is named and skipped; the others are segmented, and the exit
+    status is 2 (fix it, then --resume segments what is missing).
+
     Args:
         volume: a volume file (NIfTI, NRRD, MHA) or DICOM series folder; a case folder; or a dataset folder / datalist .json.
         output: mask file (-o), or a folder (existing, or a name ending in /) that gets <case>_mask<suffix> (a series folder <case>_mask for a DICOM series); a folder when VOLUME holds several cases.
