@@ -163,7 +163,7 @@ def explain_volume(
     from .bundle import open_bundle
     from .cases import load_case
     from .inference import plan_jobs
-    from .io import write_volume
+    from .io import check_writable, write_volume
     from .maps import overlay_montage
 
     if method not in EXPLAIN_METHODS:
@@ -183,6 +183,9 @@ def explain_volume(
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam explain takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]
+    png_path = Path(png_dir) / f"{job.case.case_id}_{method}.png" if png_dir else None
+    if png_path is not None:  # a montage of an earlier run is not replaced without --overwrite
+        check_writable(png_path, overwrite=overwrite)
     loaded = load_case(job.case, with_label=False)
     prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=bundle.strip_skull)
     shape = prepared.brain.shape
@@ -222,7 +225,7 @@ def explain_volume(
     result = {"map": str(job.mask_path), "method": method, "layer": layer, "pixels": pixels, "explained_pixels": n_pixels,
               "slices": len(zs)}
     if png_dir:
-        result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, Path(png_dir) / f"{job.case.case_id}_{method}.png",
+        result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, png_path,
                                             title=f"{job.case.case_id}: {method} ({pixels}, layer {layer})"))
     logger.info("%s of %s (%s, layer %s, %d pixels) -> %s", method, job.case.case_id, pixels, layer, n_pixels, job.mask_path)
     return result

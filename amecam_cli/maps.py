@@ -30,6 +30,8 @@ def overlay_montage(image: np.ndarray, heat: np.ndarray, path: Path, *, title: s
     """
     import matplotlib
 
+    from .io import atomic_path
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -51,8 +53,11 @@ def overlay_montage(image: np.ndarray, heat: np.ndarray, path: Path, *, title: s
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as staging:  # never a half-written PNG under the final name
+            fig.savefig(staging, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -77,7 +82,7 @@ def export_cam(
     from .cams import compute_maps, validate_methods
     from .cases import load_case
     from .inference import plan_jobs
-    from .io import write_volume
+    from .io import check_writable, write_volume
 
     names = validate_methods(method)
     if len(names) != 1:
@@ -90,6 +95,9 @@ def export_cam(
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam cam takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]
+    png_path = Path(png_dir) / f"{job.case.case_id}_{method}.png" if png_dir else None
+    if png_path is not None:  # a montage of an earlier run is not replaced without --overwrite
+        check_writable(png_path, overwrite=overwrite)
     loaded = load_case(job.case, with_label=False)
     prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=bundle.strip_skull)
     slices = extract_slices(prepared.image, prepared.box, prepared.brain_slices, bundle.image_size)
@@ -106,7 +114,7 @@ def export_cam(
     write_volume(job.mask_path, from_canonical(heat, loaded.orientation), loaded.props, overwrite=overwrite)
     result = {"map": str(job.mask_path), "method": method, "seconds_maps": seconds, "slices": int(len(zs))}
     if png_dir:
-        result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, Path(png_dir) / f"{job.case.case_id}_{method}.png",
+        result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, png_path,
                                             title=f"{job.case.case_id}: {method}"))
     logger.info("%s map of %s -> %s (%d slices, %.1f s)", method, job.case.case_id, job.mask_path, len(zs), seconds)
     return result

@@ -163,6 +163,11 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     heat = np.asanyarray(nib.load(str(tmp_path / "g.nii.gz")).dataobj)
     assert heat.dtype == np.float32 and heat.shape == image.shape and 0 <= heat.min() and heat.max() <= 1
     assert (tmp_path / "png" / "p_flair_gradcam.png").is_file()
+    montage = (tmp_path / "png" / "p_flair_gradcam.png").read_bytes()  # another map, same montage name: asked first
+    code, _, err = run(capsys, "cam", str(src), "-o", str(tmp_path / "g2.nii.gz"), "--bundle", str(tiny_bundle),
+                       "--method", "gradcam", "--png_dir", str(tmp_path / "png"), "--device", "cpu")
+    assert code == 2 and "p_flair_gradcam.png: output already exists (pass --overwrite" in err
+    assert not (tmp_path / "g2.nii.gz").exists() and (tmp_path / "png" / "p_flair_gradcam.png").read_bytes() == montage
     code, _, err = run(capsys, "cam", str(src), "-o", str(tmp_path / "x.nii.gz"), "--bundle", str(tiny_bundle), "--method", "gradcam2")
     assert code == 2 and "--method must be one of amecam, exit1" in err
     code, _, err = run(capsys, "crf", str(src), str(tmp_path / "c.nii.gz"), "-o", str(tmp_path / "crf.nii.gz"), "--threshold", "0.3")
