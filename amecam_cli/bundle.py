@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import AmecamError
 
@@ -68,6 +68,15 @@ def copy_template(destination: Path) -> None:
             shutil.rmtree(target)
         shutil.copytree(source / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(source / "LICENSE", destination / "LICENSE")
+
+
+def monai_run_command(modalities: Sequence[str]) -> str:
+    """The ``python -m monai.bundle run`` line of a model card, one ``--image`` file per modality, in order."""
+    if len(modalities) == 1:
+        images = f"patient_{modalities[0]}.nii.gz"
+    else:
+        images = '"[' + ", ".join(f"'patient_{name}.nii.gz'" for name in modalities) + ']"'
+    return f"python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . --image {images} --output patient_mask.nii.gz"
 
 
 def read_metadata(root: Path) -> dict:

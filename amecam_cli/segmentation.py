@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .bundle import instantiate_network, open_bundle, read_metadata, write_metadata
+from .bundle import instantiate_network, monai_run_command, open_bundle, read_metadata, write_metadata
 from .errors import AmecamError
 from .training import (
     TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
@@ -255,8 +255,9 @@ def _finish_metadata(output: Path, settings: dict, data: Path, dataset_info: dic
         "## Model\n\nMONAI `UNet` (2-D, channels 16-32-64-128-256, strides 2, two residual units, InstanceNorm), "
         "Dice + cross-entropy loss" + ("" if supervised else " with pixels near the pseudo-label threshold down-weighted") + ". "
         "Inputs and preprocessing are those of the AME-CAM bundle (see `configs/metadata.json`).\n\n"
-        "## Use\n\n```\npython -m monai.bundle run --config_file configs/inference.yaml --bundle_root . "
-        "--image patient_flair.nii.gz --output patient_mask.nii.gz\n```\n\nor `amecam infer VOLUME -o MASK --bundle <this folder>`.\n\n"
+        f"## Use\n\n```\n{monai_run_command(settings['modalities'])}\n```\n\nor `amecam infer VOLUME -o MASK --bundle <this folder>`"
+        + (" (VOLUME a case folder or a datalist: the network takes " + ", ".join(settings["modalities"]) + ")" if len(settings["modalities"]) > 1 else "")
+        + ".\n\n"
         "## This copy\n\n"
         f"- Labels: {pseudo['labels']}.\n- Data: `{data}`; {sum(v == 'train' for v in dataset_info.get('split', {}).values())} "
         f"training and {sum(v == 'val' for v in dataset_info.get('split', {}).values())} validation cases (split by case, seed {settings['seed']}).\n"

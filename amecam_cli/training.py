@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import __version__
-from .bundle import _purge_scripts_modules, copy_template, read_metadata, write_metadata
+from .bundle import _purge_scripts_modules, copy_template, monai_run_command, read_metadata, write_metadata
 from .errors import AmecamError
 
 __all__ = ["TrainSettings", "resolve_settings", "train_bundle"]
@@ -469,6 +469,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
     card = root / "docs" / "README.md"
     training = metadata["amecam_training"]
     split = training.get("split", {})
+    modalities = training["settings"]["modalities"]
     lines = [
         "",
         "## This copy",
@@ -482,6 +483,11 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         f"- Case-level split: {sum(v == 'train' for v in split.values())} training and {sum(v == 'val' for v in split.values())} validation cases (listed in `configs/metadata.json`).",
         f"- Stage 1 best epoch {training['stage1']['best_epoch']}, {_auc_text(training['stage1']['best_val_auc'])}.",
         f"- Stage 2 polarity {training['stage2']['polarity']}, best epoch {training['stage2']['best_epoch']}; SimCLR pretraining: {training['pretrain']}.",
+        "- With MONAI alone, one NIfTI file per modality in this order:" if len(modalities) > 1 else "- With MONAI alone:",
+        "",
+        "```",
+        monai_run_command(modalities),
+        "```",
         "",
     ]
     text = card.read_text(encoding="utf-8").split("\n## This copy")[0].rstrip("\n")

@@ -54,6 +54,14 @@ def test_infer_and_evaluate_take_the_seg_bundle(tmp_path, seg_bundle, tiny_datas
     assert main(["infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(seg_bundle), "--device", "cpu"]) == 0
     mask = nib.load(str(tmp_path / "m.nii.gz"))
     assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
+    # the model card's MONAI command runs the seg bundle's own config, and agrees with amecam infer
+    from monai.bundle import run as bundle_run
+
+    card = (seg_bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "--config_file configs/inference.yaml --bundle_root . --image patient_flair.nii.gz" in card
+    bundle_run(config_file=str(seg_bundle / "configs" / "inference.yaml"), bundle_root=str(seg_bundle), image=str(src),
+               output=str(tmp_path / "monai.nii.gz"), device="cpu")
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "monai.nii.gz")).get_fdata(), mask.get_fdata())
     code = main(["evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(seg_bundle), "-o", str(tmp_path / "r"),
                  "--methods", "amecam,exit1", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err

@@ -208,6 +208,25 @@ def test_multi_channel_training_with_the_fast_stem(tmp_path, tiny_dataset):
     assert network.classifier.stem[0].stride == (2, 2)
     features = network.classifier.stem(torch.rand(1, 2, 64, 64))
     assert features.shape[-1] == 16
+    # `python -m monai.bundle run` with one image for a two-modality bundle: a message that names the
+    # files it needs, in order, before any work (not a convolution's channel mismatch)
+    from monai.bundle import run as bundle_run
+
+    flair = tiny_dataset / "CASE_00" / "CASE_00_flair.nii.gz"
+    t1ce = tiny_dataset / "CASE_00" / "CASE_00_t1ce.nii.gz"
+    common = {"config_file": str(run / "configs" / "inference.yaml"), "bundle_root": str(run), "device": "cpu"}
+    with pytest.raises(Exception) as failure:
+        bundle_run(**common, image=str(flair), output=str(tmp_path / "one.nii.gz"))
+    chain, error = [], failure.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    assert any("2 images, one per modality in this order: flair, t1ce" in text for text in chain), chain
+    assert not (tmp_path / "one.nii.gz").exists()
+    bundle_run(**common, image=[str(flair), str(t1ce)], output=str(tmp_path / "two.nii.gz"))
+    assert (tmp_path / "two.nii.gz").is_file()
+    card = (run / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "--image \"['patient_flair.nii.gz', 'patient_t1ce.nii.gz']\"" in card
 
 
 def test_skull_strip_is_recorded_in_the_bundle_and_applied_at_inference(tmp_path, capsys):

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -93,6 +93,9 @@ class VolumePredictor:
         crf_params: DenseCRF parameters.
         strip_skull: remove scalp and skull from the estimated brain mask, as for a bundle trained on
             volumes that are not skull-stripped (metadata ``preprocessing.skull_strip``).
+        channels: the modality of each input channel, in order (metadata ``channel_def``, a
+            ``{"0": "flair", ...}`` mapping or a list); :meth:`predict_files` checks that it is given one
+            file for each. ``None`` skips the check.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class VolumePredictor:
         crf: bool = False,
         crf_params: CRFParams | None = None,
         strip_skull: bool = False,
+        channels: Mapping[str, str] | Sequence[str] | None = None,
     ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             msg = f"threshold must be in [0, 1], got {threshold}"
@@ -126,6 +130,9 @@ class VolumePredictor:
         self.crf = bool(crf)
         self.crf_params = crf_params or CRFParams()
         self.strip_skull = bool(strip_skull)
+        if isinstance(channels, Mapping):
+            channels = [channels[key] for key in sorted(channels, key=int)]
+        self.channels = None if channels is None else [str(name) for name in channels]
 
     def load(self, weights: str | os.PathLike) -> "VolumePredictor":
         """Load a state dict (``models/model.pt``) into the network."""
@@ -222,6 +229,15 @@ class VolumePredictor:
             raise ValueError(msg)
         if not output:
             msg = "output must name the mask file to write (--output mask.nii.gz)"
+            raise ValueError(msg)
+        if self.channels is not None and len(files) != len(self.channels):
+            if len(self.channels) == 1:
+                wanted = f"1 image, {self.channels[0]} (--image patient_{self.channels[0]}.nii.gz)"
+            else:
+                example = ", ".join(f"'patient_{name}.nii.gz'" for name in self.channels)
+                wanted = (f"{len(self.channels)} images, one per modality in this order: {', '.join(self.channels)} "
+                          f"(--image \"[{example}]\")")
+            msg = f"the bundle takes {wanted}; got {len(files)}: {', '.join(str(name) for name in files)}"
             raise ValueError(msg)
         for name, what in [(name, "image") for name in files] + [(output, "output"), (cam_output, "cam_output")]:
             if name and not str(name).lower().endswith((".nii", ".nii.gz")):
