@@ -413,6 +413,9 @@ def evaluate(
         if other.modalities != reference.modalities:
             raise AmecamError(f"bundles disagree on modalities: {','.join(reference.modalities)} vs {','.join(other.modalities)}")
     cases = find_cases(data, reference.modalities, pattern=pattern, require_label=True)
+    seen = cases_seen_in_training([c.case_id for c in cases], [b for b in (bundle, *segmentation) if b is not None])
+    if seen["train"] or seen["val"]:
+        logger.warning("%s: their scores are not held-out results", seen_note(seen, len(cases)))
     device = reference.module("train").resolve_device(options.device)
     from .references import reference_rows
 
@@ -495,6 +498,7 @@ def evaluate(
         "seconds": seconds,
         "data": str(data),
         "cases": [c.case_id for c in cases],
+        "cases_seen_in_training": seen,
         "bundle": str(bundle.root if bundle is not None else bundle_path),
         "extra_bundles": {segmentation_row_name(b): str(b.root) for b in segmentation},
         "bundle_training": reference.metadata.get("amecam_training", {}).get("settings", {}),
@@ -507,6 +511,24 @@ def evaluate(
     _write_report(output, report, per_slice_csv, slice_rows, qualitative, options)
     logger.info("report written to %s", output)
     return report
+
+
+def cases_seen_in_training(case_ids: list[str], bundles: list) -> dict[str, list[str]]:
+    """The cases whose ids are in a bundle's case-level split, by role (``train``, ``val``), sorted."""
+    roles: dict[str, str] = {}
+    for loaded in bundles:
+        for case_id, role in loaded.metadata.get("amecam_training", {}).get("split", {}).items():
+            if role == "train" or roles.get(case_id) is None:
+                roles[case_id] = role
+    wanted = set(case_ids)
+    return {role: sorted(c for c, r in roles.items() if r == role and c in wanted) for role in ("train", "val")}
+
+
+def seen_note(seen: dict[str, list[str]], n_cases: int) -> str:
+    """One line on the evaluated cases that were the bundle's own training or validation cases."""
+    n_train, n_val = len(seen["train"]), len(seen["val"])
+    return (f"{n_train + n_val} of {n_cases} cases have the ids of the bundle's own cases ({n_train} training, "
+            f"{n_val} validation: {', '.join(seen['train'] + seen['val'])})")
 
 
 def _versions() -> dict:
@@ -570,6 +592,7 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
         "classifier calls normal are empty. Mean ± standard deviation; HD95 over the predictions that are "
         "not empty (see `report.json` for counts and the paper's 373.13 convention).",
         *_unit_note(report),
+        *_seen_note(report),
         "",
         table_markdown(report),
         "",
@@ -584,6 +607,13 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
     (output / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     _boxplot(output / "dice_boxplot.png", slice_rows)
     _qualitative(output / "qualitative.png", qualitative, options.threshold)
+
+
+def _seen_note(report: dict) -> list[str]:
+    seen = report.get("cases_seen_in_training") or {"train": [], "val": []}
+    if not (seen["train"] or seen["val"]):
+        return []
+    return [f"**Not held out:** {seen_note(seen, report['n_cases'])}; their scores are not held-out results."]
 
 
 def _unit_note(report: dict) -> list[str]:

@@ -279,6 +279,14 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     assert report["distance_unit"] == "voxel-size units, unit not stated" and len(report["cases_without_spacing_unit"]) == 6
     assert "Slice HD95 (voxel-size units, unit not stated)" in out and "(mm)" not in out
     assert "6 of 6 cases have NIfTI headers that state no spatial unit" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    # these are the bundle's own cases (its training and validation split): said before the work and in the report
+    split = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["split"]
+    seen = report["cases_seen_in_training"]
+    assert seen == {"train": sorted(c for c, r in split.items() if r == "train"), "val": sorted(c for c, r in split.items() if r == "val")}
+    assert len(seen["train"]) + len(seen["val"]) == 6 and seen["train"] and seen["val"]
+    warning = f"6 of 6 cases have the ids of the bundle's own cases ({len(seen['train'])} training, {len(seen['val'])} validation: "
+    assert warning in err and "not held-out results" in err
+    assert warning in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"))
     assert code == 2 and "report folder is not empty" in err
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),
