@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/amecam demo --output $(DEMO_DIR)
+	$(BIN)/amecam demo --output_dir $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

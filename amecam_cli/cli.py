@@ -593,20 +593,20 @@ def explain(
                    device=str(device), overwrite=bool(overwrite))
 
 
-@SetParseFns(output=str)
-def demo(output: str = "demo_output", n_cases: int = 8, seed: int = 0) -> None:
+@SetParseFns(output_dir=str)
+def demo(output_dir: str = "demo_output", n_cases: int = 8, seed: int = 0) -> None:
     """Run the main job end to end on a synthetic cohort (no download needed).
 
-    Example: amecam demo -o demo_output
+    Example: amecam demo --output_dir demo_output
 
     Args:
-        output: folder for the cohort, slices, bundle, masks and figure (-o; reused when rerun).
+        output_dir: folder for the cohort, slices, bundle, masks and figure (-o; reused when rerun).
         n_cases: number of synthetic cases.
         seed: seed of the cohort and the split.
     """
     from .demo import run_demo
 
-    out = _path(output, "output")
+    out = _path(output_dir, "output_dir")
     logger.info("demo: %s, %d cases, seed %s", out, _int(n_cases, "n_cases"), seed)
     run_demo(out, n_cases=_int(n_cases, "n_cases"), seed=_int(seed, "seed", minimum=0))
 

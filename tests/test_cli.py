@@ -101,6 +101,7 @@ def test_numeric_looking_paths_stay_strings(capsys, tmp_path, monkeypatch):
         (["synth", "{tmp}/file.txt"], "output exists and is not a folder"),
         (["demo", "-o", "{data}"], "folder is not empty and holds no earlier demo"),  # never writes into the user's data
         (["demo", "-o", "{tmp}/file.txt"], "file.txt: is a file; the demo needs a folder"),
+        (["demo", "--output_dir", "{data}"], "folder is not empty and holds no earlier demo"),  # the spelling, as for train
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(capsys, tiny_dataset, tmp_path, argv, message):
