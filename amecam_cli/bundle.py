@@ -135,8 +135,13 @@ def _unpack(archive: Path) -> Path:
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
     target = _cache_root() / "bundles" / f"{archive.stem}-{digest}"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _safe_extract(archive, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _safe_extract(archive, target)
+        except OSError as exc:
+            shutil.rmtree(target.with_name(target.name + ".partial"), ignore_errors=True)
+            raise AmecamError(f"{archive}: cannot unpack into {target.parent} ({exc.strerror or exc}); set AMECAM_CACHE to a "
+                              "writable folder, or unzip the bundle and give its folder") from exc
     return target
 
 

@@ -38,6 +38,18 @@ def test_export_and_verify_offline(tmp_path, tiny_bundle):
         export_bundle(tiny_bundle, archive)
 
 
+def test_a_zip_with_nowhere_to_unpack_says_where_and_what_to_do(tmp_path, tiny_bundle, monkeypatch):
+    from amecam_cli.bundle import open_bundle
+
+    archive = export_bundle(tiny_bundle, tmp_path / "b.zip")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    monkeypatch.setenv("AMECAM_CACHE", str(tmp_path / "file" / "cache"))  # a path under a file cannot be made
+    with pytest.raises(AmecamError, match=r"b\.zip: cannot unpack into .*file/cache.*AMECAM_CACHE"):
+        open_bundle(archive)
+    monkeypatch.setenv("AMECAM_CACHE", str(tmp_path / "cache"))
+    assert open_bundle(archive).root.is_relative_to(tmp_path / "cache")
+
+
 def test_export_never_packs_itself_or_hidden_leftovers(tmp_path, tiny_bundle):
     import shutil
 
