@@ -112,7 +112,7 @@ def _safe_extract(archive: Path, target: Path) -> None:
                     raise AmecamError(f"{archive}: refusing entry {info.filename!r} (it points outside the bundle)")
                 if stat.S_ISLNK(mode):
                     raise AmecamError(f"{archive}: refusing entry {info.filename!r} (symbolic link)")
-            partial = target.with_name(target.name + ".partial")
+            partial = _partial_folder(target)  # one per process: parallel jobs may unpack the same zip
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             for info in members:
@@ -124,11 +124,17 @@ def _safe_extract(archive: Path, target: Path) -> None:
         raise AmecamError(f"{archive}: not a valid zip file ({exc})") from exc
     entries = [p for p in partial.iterdir()]
     root = entries[0] if len(entries) == 1 and entries[0].is_dir() and not (partial / "configs").exists() else partial
-    if root != partial:  # zip holds one top folder: use it as the bundle root
-        root.rename(target)
-        shutil.rmtree(partial)
-    else:
-        partial.rename(target)
+    try:
+        root.rename(target)  # zip holds one top folder: use it as the bundle root
+    except OSError:
+        if not target.is_dir():
+            raise
+        # another process unpacked the same zip first: its copy is the same, keep it
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def _partial_folder(target: Path) -> Path:
+    return target.with_name(f"{target.name}.partial-{os.getpid()}")
 
 
 def _unpack(archive: Path) -> Path:
@@ -138,8 +144,11 @@ def _unpack(archive: Path) -> Path:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _safe_extract(archive, target)
+        except AmecamError:
+            shutil.rmtree(_partial_folder(target), ignore_errors=True)
+            raise
         except OSError as exc:
-            shutil.rmtree(target.with_name(target.name + ".partial"), ignore_errors=True)
+            shutil.rmtree(_partial_folder(target), ignore_errors=True)
             raise AmecamError(f"{archive}: cannot unpack into {target.parent} ({exc.strerror or exc}); set AMECAM_CACHE to a "
                               "writable folder, or unzip the bundle and give its folder") from exc
     return target

@@ -47,7 +47,13 @@ def test_a_zip_with_nowhere_to_unpack_says_where_and_what_to_do(tmp_path, tiny_b
     with pytest.raises(AmecamError, match=r"b\.zip: cannot unpack into .*file/cache.*AMECAM_CACHE"):
         open_bundle(archive)
     monkeypatch.setenv("AMECAM_CACHE", str(tmp_path / "cache"))
-    assert open_bundle(archive).root.is_relative_to(tmp_path / "cache")
+    root = open_bundle(archive).root
+    assert root.is_relative_to(tmp_path / "cache")
+    # a parallel job that unpacked the same zip first: the second unpack keeps its copy and leaves nothing behind
+    from amecam_cli.bundle import _safe_extract
+
+    _safe_extract(archive, root)
+    assert sorted(p.name for p in root.parent.iterdir()) == [root.name] and (root / "models" / "model.pt").is_file()
 
 
 def test_export_never_packs_itself_or_hidden_leftovers(tmp_path, tiny_bundle):
