@@ -527,8 +527,9 @@ def cases_seen_in_training(case_ids: list[str], bundles: list) -> dict[str, list
 def seen_note(seen: dict[str, list[str]], n_cases: int) -> str:
     """One line on the evaluated cases that were the bundle's own training or validation cases."""
     n_train, n_val = len(seen["train"]), len(seen["val"])
-    return (f"{n_train + n_val} of {n_cases} cases have the ids of the bundle's own cases ({n_train} training, "
-            f"{n_val} validation: {', '.join(seen['train'] + seen['val'])})")
+    ids = seen["train"] + seen["val"]
+    shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more, listed in report.json" if len(ids) > 6 else "")
+    return f"{n_train + n_val} of {n_cases} cases have the ids of the bundle's own cases ({n_train} training, {n_val} validation: {shown})"
 
 
 def _versions() -> dict:

@@ -573,3 +573,12 @@ def test_ctrl_c_says_how_to_continue(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr("amecam_cli.synth.synthesize_cohort", interrupted)
     code, _, err = run(capsys, "synth", str(tmp_path / "c"))
     assert code == 130 and err.strip().splitlines()[-1] == "amecam: interrupted"  # nothing to resume
+
+
+def test_the_not_held_out_note_names_a_few_cases_and_counts_the_rest():
+    from amecam_cli.evaluation import seen_note
+
+    seen = {"train": [f"P{i:02d}" for i in range(58)], "val": ["V1", "V2"]}
+    note = seen_note(seen, 80)
+    assert note.startswith("60 of 80 cases have the ids of the bundle's own cases (58 training, 2 validation: P00, P01")
+    assert note.endswith("P05 and 54 more, listed in report.json)") and "V1" not in note
