@@ -469,7 +469,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
     card = root / "docs" / "README.md"
     training = metadata["amecam_training"]
     split = training.get("split", {})
-    modalities = training["settings"]["modalities"]
+    modalities, size = training["settings"]["modalities"], training["settings"]["image_size"]
     lines = [
         "",
         "## This copy",
@@ -487,6 +487,13 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         "",
         "```",
         monai_run_command(modalities),
+        "```",
+        "",
+        "- TorchScript with MONAI's export (traced; `amecam export` writes `models/model.ts` with `score` and `maps_from_raw` too):",
+        "",
+        "```",
+        "python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json "
+        f"--config_file configs/inference.yaml --use_trace True --input_shape \"[1, {len(modalities)}, {size}, {size}]\"",
         "```",
         "",
     ]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -157,3 +158,23 @@ def test_monai_bundle_evaluate_config(tmp_path, tiny_bundle):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "dice.json").read_text(encoding="utf-8"))
     assert [r["case"] for r in result["cases"]] == ["a"] and 0 <= result["mean_dice"] <= 1
+
+
+def test_monai_ckpt_export_with_tracing_as_the_model_card_says(tmp_path, tiny_bundle):
+    """MONAI's own TorchScript export works on the bundle (traced, as the card says) and gives the eager output."""
+    import torch
+
+    from amecam_cli.bundle import instantiate_network
+
+    card = (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "ckpt_export network_def" in card and '--use_trace True --input_shape "[1, 1, 64, 64]"' in card
+    command = next(line for line in card.splitlines() if line.startswith("python -m monai.bundle ckpt_export"))
+    command = command.replace("--filepath model.ts", f"--filepath {tmp_path / 'm.ts'}")
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=tiny_bundle, timeout=300,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    network = instantiate_network(tiny_bundle)
+    network.load_state_dict(torch.load(tiny_bundle / "models" / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "m.ts"))(x), network.eval()(x))
