@@ -72,11 +72,10 @@ def copy_template(destination: Path) -> None:
 
 def monai_run_command(modalities: Sequence[str]) -> str:
     """The ``python -m monai.bundle run`` line of a model card, one ``--image`` file per modality, in order."""
-    if len(modalities) == 1:
-        images = f"patient_{modalities[0]}.nii.gz"
-    else:
-        images = '"[' + ", ".join(f"'patient_{name}.nii.gz'" for name in modalities) + ']"'
-    return f"python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . --image {images} --output patient_mask.nii.gz"
+    from amecam_bundle.scripts.inference import image_argument
+
+    return (f"python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . --image {image_argument(modalities)} "
+            "--output patient_mask.nii.gz")
 
 
 def read_metadata(root: Path) -> dict:

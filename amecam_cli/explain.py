@@ -163,8 +163,8 @@ def explain_volume(
     from .bundle import open_bundle
     from .cases import load_case
     from .inference import plan_jobs
-    from .io import check_writable, write_volume
-    from .maps import overlay_montage
+    from .io import write_volume
+    from .maps import montage_path, overlay_montage
 
     if method not in EXPLAIN_METHODS:
         raise AmecamError(f"--method must be one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
@@ -183,9 +183,7 @@ def explain_volume(
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam explain takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]
-    png_path = Path(png_dir) / f"{job.case.case_id}_{method}.png" if png_dir else None
-    if png_path is not None:  # a montage of an earlier run is not replaced without --overwrite
-        check_writable(png_path, overwrite=overwrite)
+    png_path = montage_path(png_dir, job.case.case_id, method, overwrite=overwrite)
     loaded = load_case(job.case, with_label=False)
     prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=bundle.strip_skull)
     shape = prepared.brain.shape

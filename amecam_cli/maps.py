@@ -19,6 +19,17 @@ __all__ = ["export_cam", "overlay_montage", "refine_with_crf"]
 logger = logging.getLogger(__name__)
 
 
+def montage_path(png_dir: str | Path | None, case_id: str, method: str, *, overwrite: bool) -> Path | None:
+    """Where ``--png_dir`` puts a case's montage, checked before any work: an earlier run's is kept without ``--overwrite``."""
+    from .io import check_writable
+
+    if not png_dir:
+        return None
+    path = Path(png_dir) / f"{case_id}_{method}.png"
+    check_writable(path, overwrite=overwrite)
+    return path
+
+
 def overlay_montage(image: np.ndarray, heat: np.ndarray, path: Path, *, title: str, mask: np.ndarray | None = None,
                     max_slices: int = 16) -> Path:
     """PNG montage of the slices where ``heat`` is highest: the image with the map in colour on top.
@@ -82,7 +93,7 @@ def export_cam(
     from .cams import compute_maps, validate_methods
     from .cases import load_case
     from .inference import plan_jobs
-    from .io import check_writable, write_volume
+    from .io import write_volume
 
     names = validate_methods(method)
     if len(names) != 1:
@@ -95,9 +106,7 @@ def export_cam(
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam cam takes one volume (or one case folder), found {len(jobs)} cases")
     job = jobs[0]
-    png_path = Path(png_dir) / f"{job.case.case_id}_{method}.png" if png_dir else None
-    if png_path is not None:  # a montage of an earlier run is not replaced without --overwrite
-        check_writable(png_path, overwrite=overwrite)
+    png_path = montage_path(png_dir, job.case.case_id, method, overwrite=overwrite)
     loaded = load_case(job.case, with_label=False)
     prepared = prepare_volume(loaded.channels, brain=loaded.brain, strip_skull=bundle.strip_skull)
     slices = extract_slices(prepared.image, prepared.box, prepared.brain_slices, bundle.image_size)

@@ -221,7 +221,7 @@ def test_multi_channel_training_with_the_fast_stem(tmp_path, tiny_dataset):
     while error is not None:
         chain.append(str(error))
         error = error.__cause__
-    assert any("2 images, one per modality in this order: flair, t1ce" in text for text in chain), chain
+    assert any("2 image(s), one per modality in this order: flair, t1ce (--image \"['patient_flair.nii.gz', 'patient_t1ce.nii.gz']\")" in text for text in chain), chain
     assert not (tmp_path / "one.nii.gz").exists()
     bundle_run(**common, image=[str(flair), str(t1ce)], output=str(tmp_path / "two.nii.gz"))
     assert (tmp_path / "two.nii.gz").is_file()

@@ -27,7 +27,7 @@ from .postprocess import CRFParams, crf_refine_volume, remove_small_components
 from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
 from .device import resolve_device
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output", "image_argument"]
 
 logger = logging.getLogger("amecam.inference")
 
@@ -75,6 +75,12 @@ class Prediction:
     brain: np.ndarray
     seconds: dict = field(default_factory=dict)
     brain_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def image_argument(channels: Sequence[str]) -> str:
+    """An example ``--image`` value for ``python -m monai.bundle run``: one NIfTI file per modality, in order."""
+    names = [f"patient_{name}.nii.gz" for name in channels]
+    return names[0] if len(names) == 1 else '"[' + ", ".join(f"'{name}'" for name in names) + ']"'
 
 
 class VolumePredictor:
@@ -231,13 +237,8 @@ class VolumePredictor:
             msg = "output must name the mask file to write (--output mask.nii.gz)"
             raise ValueError(msg)
         if self.channels is not None and len(files) != len(self.channels):
-            if len(self.channels) == 1:
-                wanted = f"1 image, {self.channels[0]} (--image patient_{self.channels[0]}.nii.gz)"
-            else:
-                example = ", ".join(f"'patient_{name}.nii.gz'" for name in self.channels)
-                wanted = (f"{len(self.channels)} images, one per modality in this order: {', '.join(self.channels)} "
-                          f"(--image \"[{example}]\")")
-            msg = f"the bundle takes {wanted}; got {len(files)}: {', '.join(str(name) for name in files)}"
+            msg = (f"the bundle takes {len(self.channels)} image(s), one per modality in this order: {', '.join(self.channels)} "
+                   f"(--image {image_argument(self.channels)}); got {len(files)}: {', '.join(str(name) for name in files)}")
             raise ValueError(msg)
         for name, what in [(name, "image") for name in files] + [(output, "output"), (cam_output, "cam_output")]:
             if name and not str(name).lower().endswith((".nii", ".nii.gz")):
