@@ -273,8 +273,8 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
     Raises:
         AmecamError: not a bundle, no weights (``models/model.pt``), or weights that do not fit.
     """
-    import torch
     from amecam_bundle.scripts.device import resolve_device
+    from amecam_bundle.scripts.weights import load_weights
 
     root = resolve_bundle_path(path)
     metadata = read_metadata(root)
@@ -303,10 +303,9 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
                                 image_size=image_size, kind=kind, strip_skull=strip_skull)
     network = instantiate_network(root)
     try:
-        state = torch.load(weights, map_location=torch_device, weights_only=True)
-        network.load_state_dict(state)
-    except Exception as exc:  # corrupt file or another architecture
-        raise AmecamError(f"{weights}: cannot load the weights into the bundle's network ({str(exc).splitlines()[0][:160]})") from exc
+        load_weights(network, weights, torch_device)  # the toolkit's own loader: bundles from before 0.5.8 lack it
+    except ValueError as exc:  # corrupt file or another architecture
+        raise AmecamError(str(exc)) from exc
     network.to(torch_device).eval()
     return LoadedBundle(root=root, metadata=metadata, scripts=scripts, network=network, modalities=modalities,
                         image_size=image_size, kind=kind, strip_skull=strip_skull)

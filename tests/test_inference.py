@@ -221,8 +221,37 @@ def test_bundle_without_weights(tmp_path, tiny_bundle):
         run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
     (broken / "configs" / "train_stage1.yaml").write_bytes(stage1)
     (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(AmecamError, match="cannot load the weights"):
+    with pytest.raises(AmecamError, match="models/model.pt: not a readable PyTorch state dict, truncated or corrupt"):
         run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu")
+
+
+def test_weights_of_another_network_say_which_tensors_disagree(tmp_path, tiny_bundle):
+    """torch's own message ("Error(s) in loading state_dict for AMECAMNet:") names nothing on its first line."""
+    import shutil
+
+    import torch
+
+    from amecam_bundle.scripts.inference import VolumePredictor
+    from amecam_bundle.scripts.networks import AMECAMNet
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    (broken / "models" / "model.ts").unlink()
+    weights = broken / "models" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    first = next(key for key in state if key.endswith("weight") and state[key].dim() == 4)
+    shape = tuple(state[first].shape)
+    state[first] = torch.zeros(shape[0], shape[1] + 1, *shape[2:])  # a network with one more modality
+    del state[next(reversed(state))]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, weights)
+    expected = (f"models/model.pt: these weights belong to another network than the bundle's configs \\(1 tensor\\(s\\) "
+                f"of another shape, e.g. {first}: {list(shape[:1]) + [shape[1] + 1] + list(shape[2:])} in the file, "
+                f"{list(shape)} in the network; 1 missing")
+    with pytest.raises(AmecamError, match=expected.replace("[", "\\[").replace("]", "\\]").replace(".", "\\.")):
+        run_inference(_volume(tmp_path), tmp_path / "m.nii.gz", broken, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="1 unexpected, e.g. extra.weight"):  # python -m monai.bundle run
+        VolumePredictor(AMECAMNet(in_channels=1), image_size=64, device="cpu").load(weights)
 
 
 def test_traced_bundle_gives_the_eager_masks(tiny_bundle):

@@ -26,6 +26,7 @@ import torch
 from .postprocess import CRFParams, crf_refine_volume, remove_small_components
 from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
 from .device import resolve_device
+from .weights import load_weights
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output", "image_argument"]
 
@@ -146,8 +147,7 @@ class VolumePredictor:
         if not path.is_file():
             msg = f"{path}: model weights not found (a trained bundle has models/model.pt)"
             raise FileNotFoundError(msg)
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state)
+        load_weights(self.network, path, self.device)
         self.network.eval()
         return self
 
