@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any, Sequence
 
-from .errors import AmecamError
+from .errors import AmecamError, one_line_reason
 
 __all__ = [
     "LoadedBundle",
@@ -217,14 +217,17 @@ def instantiate_network(root: Path, config: str = "inference.yaml", net_id: str 
     if not config_path.is_file():
         raise AmecamError(f"{root}: bundle has no configs/{config}")
     parser = ConfigParser()
-    parser.read_config(str(config_path))
+    try:
+        parser.read_config(str(config_path))
+    except Exception as exc:  # a hand-edited config: YAML's message spans lines
+        raise AmecamError(f"{config_path}: cannot read ({one_line_reason(exc)})") from exc
     parser.read_meta(str(root / "configs" / "metadata.json"))
     _purge_scripts_modules()
     sys.path.insert(0, str(root))
     try:
         return parser.get_parsed_content(net_id)
     except Exception as exc:
-        raise AmecamError(f"{config_path}: cannot build {net_id} ({str(exc).splitlines()[0][:200]})") from exc
+        raise AmecamError(f"{config_path}: cannot build {net_id} ({one_line_reason(exc)})") from exc
     finally:
         sys.path.remove(str(root))
         _purge_scripts_modules()
@@ -371,9 +374,9 @@ def verify_bundle(path: str | os.PathLike, *, device: str = "cpu") -> list[tuple
     rows.append(("changelog has the version", version_ok, str(metadata.get("version"))))
     try:
         bundle = open_bundle(root, device=device)
-        rows.append(("weights load", True, str(root / "models" / "model.pt")))
+        rows.append(("network builds, weights load", True, str(root / "models" / "model.pt")))
     except AmecamError as exc:
-        rows.append(("weights load", False, str(exc)))
+        rows.append(("network builds, weights load", False, str(exc)))
         return rows
     try:
         from monai.bundle import verify_net_in_out

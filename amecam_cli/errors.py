@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AmecamError"]
+__all__ = ["AmecamError", "one_line_reason"]
 
 
 class AmecamError(Exception):
@@ -11,3 +11,13 @@ class AmecamError(Exception):
     The message must name the thing at fault and the problem, e.g.
     ``"case.nii.gz: volume is 2-D (shape 240x240); amecam needs a 3-D volume"``.
     """
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """What went wrong, on one line: a YAML error's problem and where it is in the file (its own message
+    spans several lines, the context first), else the first line of the message."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .bundle import _purge_scripts_modules, copy_template, monai_run_command, read_metadata, write_metadata
-from .errors import AmecamError
+from .errors import AmecamError, one_line_reason
 
 __all__ = ["TrainSettings", "resolve_settings", "train_bundle"]
 
@@ -156,7 +156,7 @@ def _read_settings_file(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise AmecamError(f"{path}: cannot read settings ({exc})") from exc
+        raise AmecamError(f"{path}: cannot read settings ({one_line_reason(exc)})") from exc
     if not isinstance(data, dict):
         raise AmecamError(f"{path}: settings must be a mapping of option: value")
     if isinstance(data.get("slice_labels"), str):  # a file named in the settings file is found beside it
@@ -225,6 +225,7 @@ def _bundle_on_path(root: Path) -> Iterator[None]:
 
 def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
     """Run ``root/configs/<config>`` with MONAI's ``ConfigWorkflow`` and return what its ``run`` gave."""
+    import yaml
     from monai.bundle import ConfigWorkflow
 
     with _bundle_on_path(root):
@@ -234,10 +235,14 @@ def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
         for item in quiet:
             item.setLevel(logging.ERROR)
         try:
-            workflow = ConfigWorkflow(
-                config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
-                logging_file=False, workflow_type=None, **overrides,
-            )
+            try:
+                workflow = ConfigWorkflow(
+                    config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
+                    logging_file=False, workflow_type=None, **overrides,
+                )
+            except (yaml.YAMLError, json.JSONDecodeError) as exc:  # a hand-edited config or metadata
+                source = root / "configs" / (config if isinstance(exc, yaml.YAMLError) else "metadata.json")
+                raise AmecamError(f"{source}: cannot read ({one_line_reason(exc)})") from exc
             workflow.initialize()
             result = workflow.run()
             workflow.finalize()
@@ -331,7 +336,7 @@ def _check_configs_take_fusion(output: Path, fusion: str) -> None:
     try:
         network_def = yaml.safe_load(config.read_text(encoding="utf-8")).get("network_def", {})
     except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise AmecamError(f"{config}: cannot read the run's inference config ({exc})") from exc
+        raise AmecamError(f"{config}: cannot read the run's inference config ({one_line_reason(exc)})") from exc
     if "fusion" not in network_def:
         raise AmecamError(f"{output}: this run's configs predate --fusion (bundle 0.5.0); train a new run to use --fusion {fusion}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -37,6 +38,28 @@ def test_export_and_verify_offline(tmp_path, tiny_bundle):
     assert {name for name, _, _ in rows} >= {"metadata fields", "network input/output vs network_data_format", "TorchScript matches eager"}
     with pytest.raises(AmecamError, match="already exists"):
         export_bundle(tiny_bundle, archive)
+
+
+def test_a_hand_edited_config_with_a_yaml_slip_is_named_in_one_line(tmp_path, tiny_bundle):
+    """MONAI users edit configs/*.yaml; a slip gave a YAML traceback from verify, cam and --resume."""
+    import shutil
+
+    from amecam_cli.training import run_config
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_bundle, edited, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    for name in ("inference.yaml", "train_stage1.yaml"):
+        config = edited / "configs" / name
+        lines = len(config.read_text(encoding="utf-8").splitlines())
+        with config.open("a", encoding="utf-8") as handle:
+            handle.write("probability_threshold: [0.5\n")
+        expected = f"{config}: cannot read (expected ',' or ']', but got '<stream end>' at line {lines + 2}, column 1)"
+        with pytest.raises(AmecamError, match=re.escape(expected)) as error:
+            if name == "inference.yaml":
+                open_bundle(edited, device="cpu")
+            else:
+                run_config(edited, name)
+        assert "\n" not in str(error.value)
 
 
 def test_a_zip_with_nowhere_to_unpack_says_where_and_what_to_do(tmp_path, tiny_bundle, monkeypatch):

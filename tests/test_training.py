@@ -169,6 +169,11 @@ def test_settings_merge_defaults_file_and_command_line(tmp_path, caplog):
     config.write_text("epoch: 7\n", encoding="utf-8")
     with pytest.raises(AmecamError, match="unknown settings epoch"):
         resolve_settings(config=config)
+    config.write_text("epochs: 7\nmodalities: [flair\n", encoding="utf-8")  # YAML's message spans four lines
+    with pytest.raises(AmecamError, match=re.escape(f"{config}: cannot read settings (expected ',' or ']', but got '<stream end>' "
+                                                    "at line 3, column 1)")) as error:
+        resolve_settings(config=config)
+    assert "\n" not in str(error.value)
     with pytest.raises(AmecamError, match="--pretrain must be one of none, simclr, got 'byol'"):
         resolve_settings(pretrain="byol")
     with pytest.raises(AmecamError, match="--device must be one of auto, cpu, cuda"):
