@@ -259,7 +259,7 @@ def _traced_network(root: Path, device: Any) -> Any | None:
     try:
         traced = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # a corrupt trace: the eager network still works
-        logger.warning("%s: cannot load (%s); using the eager network", path, str(exc).splitlines()[0][:160])
+        logger.warning("%s: cannot load (%s); using the eager network", path, one_line_reason(exc))
         return None
     return traced.eval() if hasattr(traced, "score") and hasattr(traced, "maps_from_raw") else None
 
@@ -392,7 +392,7 @@ def verify_bundle(path: str | os.PathLike, *, device: str = "cpu") -> list[tuple
             _purge_scripts_modules()
         rows.append(("network input/output vs network_data_format", True, "verify_net_in_out passed"))
     except Exception as exc:
-        rows.append(("network input/output vs network_data_format", False, str(exc).splitlines()[0][:200]))
+        rows.append(("network input/output vs network_data_format", False, one_line_reason(exc)))
     ts_path = root / "models" / "model.ts"
     if not ts_path.is_file():
         rows.append(("TorchScript model", False, f"{ts_path} missing"))
@@ -409,7 +409,7 @@ def verify_bundle(path: str | os.PathLike, *, device: str = "cpu") -> list[tuple
                 diff = max(diff, float((gated(network, x, 0.0) - gated(scripted, x, 0.0)).abs().max()))
         rows.append(("TorchScript matches eager", diff < 1e-4, f"max abs difference {diff:.2e}"))
     except Exception as exc:
-        rows.append(("TorchScript matches eager", False, str(exc).splitlines()[0][:200]))
+        rows.append(("TorchScript matches eager", False, one_line_reason(exc)))
     return rows
 
 

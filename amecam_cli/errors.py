@@ -13,11 +13,16 @@ class AmecamError(Exception):
     """
 
 
-def one_line_reason(exc: BaseException) -> str:
+def one_line_reason(exc: BaseException, limit: int = 200) -> str:
     """What went wrong, on one line: a YAML error's problem and where it is in the file (its own message
-    spans several lines, the context first), else the first line of the message."""
+    spans several lines, the context first), else the first line of the message, cut after its last
+    whole sentence within ``limit`` characters."""
     problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
     if problem and mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
+    line = lines[0] if lines else type(exc).__name__
+    if len(line) > limit:  # whole sentences where there are any (torch's run to 300 characters)
+        end = line.rfind(". ", 0, limit)
+        line = line[: end + 1] if end > 0 else line[: limit - 3] + "..."
+    return line

@@ -304,6 +304,26 @@ def test_a_trace_older_than_the_weights_is_not_used(tmp_path, tiny_bundle):
     assert not isinstance(open_bundle(copy, device="cpu", torchscript=True).network, torch.jit.ScriptModule)
 
 
+def test_a_corrupt_trace_falls_back_to_the_eager_network_with_a_whole_sentence(tmp_path, tiny_bundle, caplog):
+    import shutil
+
+    import torch
+
+    from amecam_cli.bundle import open_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    trace = copy / "models" / "model.ts"
+    trace.write_bytes(trace.read_bytes()[:5000])  # a copy cut short
+    with caplog.at_level("WARNING"):
+        network = open_bundle(copy, device="cpu", torchscript=True).network
+    assert not isinstance(network, torch.jit.ScriptModule)
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    # torch's message runs to 300 characters on one line; it was cut mid-word at 160
+    assert warning.startswith(f"{trace}: cannot load (PytorchStreamReader failed reading zip archive")
+    assert warning.endswith(".); using the eager network"), warning
+
+
 # The last commit of bundle 0.5.0 (amecam 0.5.0): a bundle carries its own scripts, so the CLI of a later
 # release must still run what an earlier release trained.
 BUNDLE_0_5_0 = "0ec3fea"
