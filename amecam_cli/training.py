@@ -240,9 +240,8 @@ def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
                     config_file=str(root / "configs" / config), meta_file=str(root / "configs" / "metadata.json"),
                     logging_file=False, workflow_type=None, **overrides,
                 )
-            except (yaml.YAMLError, json.JSONDecodeError) as exc:  # a hand-edited config or metadata
-                source = root / "configs" / (config if isinstance(exc, yaml.YAMLError) else "metadata.json")
-                raise AmecamError(f"{source}: cannot read ({one_line_reason(exc)})") from exc
+            except yaml.YAMLError as exc:  # a hand-edited config
+                raise AmecamError(f"{root / 'configs' / config}: cannot read ({one_line_reason(exc)})") from exc
             workflow.initialize()
             result = workflow.run()
             workflow.finalize()
