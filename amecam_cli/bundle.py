@@ -317,12 +317,17 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
 def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:
     """Zip the shareable part of a trained bundle (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    The default name is ``<name>_v<version>.zip`` beside the bundle folder.
+    The default name is ``<name>_v<version>.zip`` beside the bundle folder. The network is built from the
+    configs and its weights loaded first, so a bundle that cannot run is not packed.
     """
     root = resolve_bundle_path(run)
     metadata = read_metadata(root)
     if not (root / "models" / "model.pt").is_file():
         raise AmecamError(f"{run}: bundle has no weights (models/model.pt); nothing to export")
+    try:  # a zip is for sharing: weights that do not fit the configs would fail on every receiver's machine
+        open_bundle(root, device="cpu")
+    except AmecamError as exc:
+        raise AmecamError(f"{exc}; not exported") from exc
     slug = "".join(c if c.isalnum() else "_" for c in str(metadata.get("bundle_name", root.name))).strip("_") or "amecam"
     output = Path(output) if output else Path(run).resolve().parent / f"{slug}_v{metadata['version']}.zip"
     if output.suffix.lower() != ".zip":

@@ -80,6 +80,22 @@ def test_a_zip_with_nowhere_to_unpack_says_where_and_what_to_do(tmp_path, tiny_b
     assert sorted(p.name for p in root.parent.iterdir()) == [root.name] and (root / "models" / "model.pt").is_file()
 
 
+def test_export_refuses_weights_that_do_not_load(tmp_path, tiny_bundle):
+    """A zip is for sharing: one whose weights belong to another network fails on every receiver's machine."""
+    import shutil
+
+    import torch
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("slices", "checkpoints"))
+    state = torch.load(broken / "models" / "model.pt", weights_only=True)
+    del state[next(iter(state))]
+    torch.save(state, broken / "models" / "model.pt")
+    with pytest.raises(AmecamError, match=r"models/model.pt: these weights belong to another network.*; not exported"):
+        export_bundle(broken, tmp_path / "shared.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
 def test_export_never_packs_itself_or_hidden_leftovers(tmp_path, tiny_bundle):
     import shutil
 
