@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -57,9 +58,13 @@ def _bool(value: object, name: str) -> bool:
 def _float(value: object, name: str) -> float:
     if isinstance(value, bool):
         raise AmecamError(f"--{name} must be a number, got {value!r}")
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        value = f"{value[0]},{value[1]}"  # Fire reads a decimal comma, "0,5", as the tuple (0, 5)
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
+        if isinstance(value, str) and value.count(",") == 1 and re.fullmatch(r"\d+,\d+", value.strip()):
+            raise AmecamError(f"--{name} must be a number, got {value} (write decimals with a point: {value.replace(',', '.')})") from exc
         raise AmecamError(f"--{name} must be a number, got {value!r}") from exc
 
 

@@ -213,6 +213,12 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
     for words in (["--crf=maybe"], ["--crf", "maybe"]):  # the second once read as "--threshold must be a number"
         code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m.nii.gz"), "--bundle", str(tiny_bundle), *words)
         assert code == 2 and "--crf is a switch: give --crf or --nocrf (or --crf=true/false), got 'maybe'" in err, err
+    # a decimal comma reaches the command as the tuple (0, 5): say how to write it
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m2.nii.gz"), "--bundle", str(tiny_bundle), "-t", "0,5")
+    assert code == 2 and "--threshold must be a number, got 0,5 (write decimals with a point: 0.5)" in err, err
+    assert not (tmp_path / "m2.nii.gz").exists()
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m2.nii.gz"), "--bundle", str(tiny_bundle), "-t", "0,05")
+    assert code == 2 and "--threshold must be a number, got 0,05 (write decimals with a point: 0.05)" in err, err  # not a tuple
     # also for a bool | None switch, after a required argument given as a flag (it once became --modality)
     code, _, err = run(capsys, "train", "--data_dir", str(tmp_path), "-o", str(tmp_path / "run"), "--skull_strip", "maybe")
     assert code == 2 and "--skull_strip is a switch" in err and not (tmp_path / "run").exists(), err
