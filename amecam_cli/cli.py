@@ -63,7 +63,7 @@ def _float(value: object, name: str) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        if isinstance(value, str) and value.count(",") == 1 and re.fullmatch(r"\d+,\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"\d+,\d+", value.strip()):
             raise AmecamError(f"--{name} must be a number, got {value} (write decimals with a point: {value.replace(',', '.')})") from exc
         raise AmecamError(f"--{name} must be a number, got {value!r}") from exc
 

@@ -493,7 +493,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
         monai_run_command(modalities),
         "```",
         "",
-        "- TorchScript with MONAI's export (traced; `amecam export` writes `models/model.ts` with `score` and `maps_from_raw` too):",
+        "- TorchScript with MONAI's export (traced; the `models/model.ts` that `amecam train` wrote also has `score` and `maps_from_raw`):",
         "",
         "```",
         "python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json "
