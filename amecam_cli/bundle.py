@@ -198,6 +198,12 @@ class LoadedBundle:
     kind: str
     strip_skull: bool = False
 
+    @property
+    def data_pattern(self) -> str | None:
+        """The naming pattern (``--pattern``) of the data the bundle was trained on, if it had one."""
+        pattern = self.metadata.get("amecam_training", {}).get("settings", {}).get("pattern")
+        return pattern if isinstance(pattern, str) and pattern.strip() else None
+
     def module(self, name: str) -> ModuleType:
         """A module of the bundle's own scripts, e.g. ``bundle.module("inference")``."""
         return _submodule(self.scripts, name)

@@ -32,6 +32,8 @@ __all__ = [
     "Case",
     "LoadedCase",
     "find_cases",
+    "find_cases_as_trained",
+    "NoCasesFound",
     "load_case",
     "describe",
     "is_volume_path",
@@ -110,6 +112,10 @@ def parse_modalities(value: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+class NoCasesFound(AmecamError):
+    """:func:`find_cases` found no case at all (as opposed to a case with a file missing)."""
+
+
 def find_cases(
     source: str | Path,
     modalities: Iterable[str],
@@ -145,7 +151,7 @@ def find_cases(
     else:
         cases = _from_brats_layout(source, modalities)
     if not cases:
-        raise AmecamError(
+        raise NoCasesFound(
             f"{source}: found no cases with {','.join(modalities)} (expected <case>/<case>_{modalities[0]}.nii.gz, "
             f"<case>/<case>-{_brats23_name(modalities[0])}.nii.gz, a datalist .json, or --pattern)" + ("" if pattern else _loose_files_hint(source, modalities))
         )
@@ -158,6 +164,32 @@ def find_cases(
         if missing:
             raise AmecamError(f"{source}: {len(missing)} case(s) have no segmentation (label), e.g. {missing[0]}")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def find_cases_as_trained(
+    source: str | Path,
+    modalities: Iterable[str],
+    *,
+    pattern: str | None,
+    trained_pattern: str | None,
+    require_label: bool = True,
+) -> list[Case]:
+    """:func:`find_cases` for a bundle's command: without ``pattern``, a folder is first read the way the
+    bundle's training data was named (``trained_pattern``, kept in its metadata), then, when that finds
+    nothing there, in the standard layouts. A given ``pattern``, a datalist or a volume is read as it is.
+    """
+    source = Path(source)
+    if pattern or not trained_pattern or not source.is_dir():
+        return find_cases(source, modalities, pattern=pattern, require_label=require_label)
+    try:
+        cases = find_cases(source, modalities, pattern=trained_pattern, require_label=require_label)
+    except NoCasesFound:
+        try:
+            return find_cases(source, modalities, require_label=require_label)
+        except NoCasesFound as exc:
+            raise NoCasesFound(f"{exc}; the bundle's training data was named {trained_pattern!r}, which finds none here either") from None
+    logger.info("naming pattern %r (as the bundle's training data was named; --pattern gives another)", trained_pattern)
+    return cases
 
 
 def _loose_files_hint(source: Path, modalities: tuple[str, ...]) -> str:

@@ -274,7 +274,7 @@ def infer(
         min_size: drop 3-D islands smaller than this many voxels (default 0: keep all).
         device: auto, cpu or cuda.
         batch_size: slices per forward pass (default 8 on a CPU, 64 on a GPU).
-        pattern: naming pattern for a dataset folder, see amecam slice.
+        pattern: naming pattern for a dataset folder, see amecam slice (default: as the bundle's training data was named, else the standard layouts).
         overwrite: replace existing outputs.
         resume: keep the outputs that exist (an interrupted run's finished masks) and segment only the rest.
     """
@@ -465,7 +465,7 @@ def evaluate(
         budget: channels ScoreCAM scores per slice.
         batch_size: slices per forward pass.
         device: auto, cpu or cuda.
-        pattern: naming pattern of the data, see amecam slice.
+        pattern: naming pattern of the data, see amecam slice (default: as the bundle's training data was named, else the standard layouts).
         overwrite: replace an existing report.
         resume: continue an interrupted evaluation in the same report folder: cases it finished are kept (in REPORT/.resume), the rest are scored; the settings must be the same.
     """

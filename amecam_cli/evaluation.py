@@ -384,7 +384,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from .bundle import open_bundle
-    from .cases import find_cases
+    from .cases import find_cases_as_trained
 
     output = Path(output)
     if resume and overwrite:
@@ -412,7 +412,7 @@ def evaluate(
     for other in segmentation:
         if other.modalities != reference.modalities:
             raise AmecamError(f"bundles disagree on modalities: {','.join(reference.modalities)} vs {','.join(other.modalities)}")
-    cases = find_cases(data, reference.modalities, pattern=pattern, require_label=True)
+    cases = find_cases_as_trained(data, reference.modalities, pattern=pattern, trained_pattern=reference.data_pattern, require_label=True)
     seen = cases_seen_in_training([c.case_id for c in cases], [b for b in (bundle, *segmentation) if b is not None])
     if seen["train"] or seen["val"]:
         logger.warning("%s: their scores are not held-out results", seen_note(seen, len(cases)))

@@ -20,7 +20,7 @@ import numpy as np
 from amecam_bundle.scripts.preprocess import from_canonical
 
 from .bundle import LoadedBundle, open_bundle
-from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases, load_case, parse_modalities
+from .cases import BRATS2023_NAMES, MODALITIES, Case, find_cases_as_trained, load_case, parse_modalities
 from .errors import AmecamError
 from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, check_outputs_apart, check_writable, output_format, volume_suffix, write_volume
 
@@ -122,7 +122,7 @@ def plan_jobs(
         save_cam = save_cam / f"{case.case_id}_cam{suffix}" if cam_folder else save_cam
         jobs = [InferenceJob(case, output, save_cam)]
     else:
-        cases = find_cases(source, expected, pattern=pattern, require_label=False)
+        cases = find_cases_as_trained(source, expected, pattern=pattern, trained_pattern=bundle.data_pattern, require_label=False)
         one_file = len(cases) == 1 and not output_folder and volume_suffix(output) in NIFTI_SUFFIXES + SITK_SUFFIXES
         if not one_file and output.exists() and not output.is_dir():
             if len(cases) == 1:

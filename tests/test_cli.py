@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -492,6 +493,21 @@ def test_a_runs_naming_pattern_serves_resume_and_train_seg(capsys, tmp_path, tin
     (tmp_path / "elsewhere").mkdir()  # other data, named otherwise: the inherited pattern is named in the error
     code, _, err = run(capsys, "train-seg", "--bundle", str(tmp_path / "run"), "--data_dir", str(tmp_path / "elsewhere"), "-o", str(tmp_path / "seg2"))
     assert code == 2 and "with the AME-CAM run's --pattern 'flair={case}.nii.gz;label={case}_seg.nii.gz'" in err, err
+    # infer and evaluate read a folder as the bundle's training data was named, too
+    code, _, err = run(capsys, "infer", str(patients), "-o", str(tmp_path / "masks") + "/", "--bundle", str(tmp_path / "run"))
+    assert code == 0 and "(as the bundle's training data was named; --pattern gives another)" in err, err
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"case_{i:02d}_mask.nii.gz" for i in range(6)]
+    code, _, err = run(capsys, "evaluate", str(patients), "--bundle", str(tmp_path / "run"), "-o", str(tmp_path / "report"),
+                       "--methods", "amecam")
+    assert code == 0 and "(as the bundle's training data was named; --pattern gives another)" in err, err
+    # data in the standard layout is still found when the bundle's pattern finds nothing there
+    brats = tmp_path / "brats" / "p1"
+    brats.mkdir(parents=True)
+    shutil.copy(patients / "case_00.nii.gz", brats / "p1_flair.nii.gz")
+    code, _, err = run(capsys, "infer", str(tmp_path / "brats"), "-o", str(tmp_path / "masks2") + "/", "--bundle", str(tmp_path / "run"))
+    assert code == 0 and (tmp_path / "masks2" / "p1_mask.nii.gz").exists(), err
+    code, _, err = run(capsys, "infer", str(tmp_path / "elsewhere"), "-o", str(tmp_path / "masks3") + "/", "--bundle", str(tmp_path / "run"))
+    assert code == 2 and "found no cases with flair" in err and "the bundle's training data was named 'flair={case}.nii.gz;" in err, err
 
 
 def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
