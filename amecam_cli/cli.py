@@ -38,6 +38,8 @@ def _output(value: object, name: str) -> str:
 
 
 def _int(value: object, name: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # Fire reads 1e3 and 2.0 as floats
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise AmecamError(f"--{name} must be a whole number, got {value!r}")
     try:

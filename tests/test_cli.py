@@ -220,6 +220,11 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
     assert not (tmp_path / "m2.nii.gz").exists()
     code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m2.nii.gz"), "--bundle", str(tiny_bundle), "-t", "0,05")
     assert code == 2 and "--threshold must be a number, got 0,05 (write decimals with a point: 0.05)" in err, err  # not a tuple
+    # a whole number written as 1e3 or 2.0 reaches the command as a float: take it; 10.5 is refused as typed
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m3.nii.gz"), "--bundle", str(tiny_bundle), "--min_size", "1e3")
+    assert code == 0 and "min_size" not in err, err
+    code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m4.nii.gz"), "--bundle", str(tiny_bundle), "--min_size", "10.5")
+    assert code == 2 and "--min_size must be a whole number, got 10.5" in err and not (tmp_path / "m4.nii.gz").exists(), err
     # also for a bool | None switch, after a required argument given as a flag (it once became --modality)
     code, _, err = run(capsys, "train", "--data_dir", str(tmp_path), "-o", str(tmp_path / "run"), "--skull_strip", "maybe")
     assert code == 2 and "--skull_strip is a switch" in err and not (tmp_path / "run").exists(), err
