@@ -49,8 +49,8 @@ BASELINE_METHODS = ("cam", "gradcam", "gradcampp", "layercam", "scorecam", "hire
 METHODS = AMECAM_METHODS + BASELINE_METHODS
 
 
-def validate_methods(methods: str | list | tuple) -> tuple[str, ...]:
-    """``"all"``, one name or a comma-separated list -> validated names (the error lists the valid ones)."""
+def validate_methods(methods: str | list | tuple, option: str = "method") -> tuple[str, ...]:
+    """``"all"``, one name or a comma-separated list -> validated names (the error names ``--option`` and lists the valid ones)."""
     if isinstance(methods, str):
         names = [m.strip().lower() for m in methods.split(",") if m.strip()]
     else:
@@ -59,7 +59,7 @@ def validate_methods(methods: str | list | tuple) -> tuple[str, ...]:
         return METHODS
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
-        raise AmecamError(f"--method must be one of {', '.join(METHODS)} (or all), got {', '.join(unknown) or repr(methods)!r}")
+        raise AmecamError(f"--{option} must be one of {', '.join(METHODS)} (or all), got {', '.join(unknown) or repr(methods)!r}")
     return tuple(dict.fromkeys(names))
 
 

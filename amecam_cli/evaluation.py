@@ -75,7 +75,7 @@ def validate_evaluation_methods(methods: str | list | tuple) -> tuple[tuple[str,
     references = tuple(m for m in names if m in REFERENCE_METHODS)
     rest = [m for m in names if m not in REFERENCE_METHODS]
     try:
-        cams = validate_methods(rest) if rest else ()
+        cams = validate_methods(rest, option="methods") if rest else ()
     except AmecamError as exc:
         raise AmecamError(f"{exc} (rows without training: {', '.join(REFERENCE_METHODS)})") from exc
     if not cams and not references:

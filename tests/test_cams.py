@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from amecam_cli.cams import BASELINE_METHODS, METHODS, compute_maps, make_cam, validate_methods
+from amecam_cli.evaluation import validate_evaluation_methods
 from amecam_cli.errors import AmecamError
 from amecam_bundle.scripts.networks import AMECAMNet
 
@@ -125,6 +126,8 @@ def test_method_names_are_validated():
     assert validate_methods("gradcam, amecam") == ("gradcam", "amecam")
     with pytest.raises(AmecamError, match="--method must be one of amecam, exit1.*got 'gradcam2'"):
         validate_methods("gradcam2")
+    with pytest.raises(AmecamError, match="^--methods must be one of amecam, .*got 'gradcm' \\(rows without training: threshold, otsu\\)"):
+        validate_evaluation_methods("amecam,gradcm")  # evaluate's option is --methods
     with pytest.raises(AmecamError, match="--stage must be 1, 2, 3 or 4"):
         make_cam("gradcam", _BlobClassifier(), stage=5)
 
