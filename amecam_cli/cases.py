@@ -188,6 +188,8 @@ def find_cases_as_trained(
             return find_cases(source, modalities, require_label=require_label)
         except NoCasesFound as exc:
             raise NoCasesFound(f"{exc}; the bundle's training data was named {trained_pattern!r}, which finds none here either") from None
+    except AmecamError as exc:  # a case the pattern finds lacks a file: say which pattern read it
+        raise AmecamError(f"{exc} (read as the bundle's training data was named, {trained_pattern!r}; give --pattern for how this data is named)") from None
     logger.info("naming pattern %r (as the bundle's training data was named; --pattern gives another)", trained_pattern)
     return cases
 

@@ -513,6 +513,9 @@ def test_a_runs_naming_pattern_serves_resume_and_train_seg(capsys, tmp_path, tin
     assert code == 0 and (tmp_path / "masks2" / "p1_mask.nii.gz").exists(), err
     code, _, err = run(capsys, "infer", str(tmp_path / "elsewhere"), "-o", str(tmp_path / "masks3") + "/", "--bundle", str(tmp_path / "run"))
     assert code == 2 and "found no cases with flair" in err and "the bundle's training data was named 'flair={case}.nii.gz;" in err, err
+    (patients / "case_00_seg.nii.gz").unlink()  # evaluate needs masks: the error says which pattern looked for them
+    code, _, err = run(capsys, "evaluate", str(patients), "--bundle", str(tmp_path / "run"), "-o", str(tmp_path / "report2"), "--methods", "amecam")
+    assert code == 2 and "1 case(s) have no segmentation (label), e.g. case_00 (read as the bundle's training data was named, 'flair=" in err, err
 
 
 def test_a_missing_gpu_is_refused_before_any_work(capsys, tmp_path, tiny_dataset, monkeypatch):
