@@ -304,7 +304,7 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     assert code == 2 and "report folder is not empty" in err
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r2"),
                        "--methods", "gradcam,best")
-    assert code == 2 and "--method must be one of" in err
+    assert code == 2 and "--methods must be one of" in err
 
 
 def test_evaluate_resume_keeps_the_finished_cases(capsys, tmp_path, tiny_bundle, tiny_dataset, monkeypatch):
