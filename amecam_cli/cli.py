@@ -536,7 +536,7 @@ def train_seg(
         uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain.
         uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting).
         slice_labels: CSV of slice labels for data without segmentations (default: the CSV the AME-CAM bundle was trained with, if any, except with --supervised), see amecam train.
-        pattern: naming pattern of the data, see amecam slice (default: the AME-CAM run's).
+        pattern: naming pattern of the data, see amecam slice (default: the AME-CAM run's, else the standard layouts).
         resume: continue an interrupted run in --output_dir.
         overwrite: start again in a non-empty --output_dir.
     """

@@ -149,10 +149,6 @@ def train_segmentation(
         }
     else:
         settings = saved
-    inherited = pattern is None and bool(settings.get("pattern"))
-    if inherited:  # the files are named as they were for the AME-CAM run
-        pattern = settings["pattern"]
-        logger.info("naming pattern %r (the AME-CAM run's; --pattern gives another)", pattern)
     for name in ("image_size",):
         if settings[name] % 16 or settings[name] < 32:
             raise AmecamError(f"--image_size must be a multiple of 16 and >= 32 for the U-Net, got {settings[name]}")
@@ -167,12 +163,8 @@ def train_segmentation(
         if slice_settings.slice_labels and not Path(slice_settings.slice_labels).is_file():
             raise AmecamError(f"{slice_settings.slice_labels}: the slice labels the AME-CAM bundle was trained with are not "
                               "here; give them with --slice_labels CSV")
-        try:
-            cases, labels = _labelled_cases(data, slice_settings, pattern)
-        except AmecamError as exc:
-            if not inherited:
-                raise
-            raise AmecamError(f"{exc} (with the AME-CAM run's --pattern {pattern!r}; give --pattern for how this data is named)") from exc
+        # without --pattern, the files are first read as they were named for the AME-CAM run
+        cases, labels = _labelled_cases(data, slice_settings, pattern, trained_pattern=settings.get("pattern"))
     if saved is None:
         _prepare_run_folder(output, keep=[data, Path(bundle_path)], overwrite=overwrite)
         configs = output / "configs"

@@ -340,13 +340,17 @@ def _check_configs_take_fusion(output: Path, fusion: str) -> None:
         raise AmecamError(f"{output}: this run's configs predate --fusion (bundle 0.5.0); train a new run to use --fusion {fusion}")
 
 
-def _labelled_cases(data: Path, settings: TrainSettings, pattern: str | None) -> tuple[list, dict | None]:
-    """The cases of a dataset and the slice labels from ``settings.slice_labels`` (None: from segmentations)."""
-    from .cases import find_cases
+def _labelled_cases(data: Path, settings: TrainSettings, pattern: str | None, *,
+                    trained_pattern: str | None = None) -> tuple[list, dict | None]:
+    """The cases of a dataset and the slice labels from ``settings.slice_labels`` (None: from segmentations).
+
+    ``trained_pattern``: how a source bundle's training data was named (see ``find_cases_as_trained``).
+    """
+    from .cases import find_cases_as_trained
     from .slicing import check_slice_labels, read_slice_labels
 
     labels = read_slice_labels(settings.slice_labels) if settings.slice_labels else None
-    cases = find_cases(data, settings.modalities, pattern=pattern, require_label=False)
+    cases = find_cases_as_trained(data, settings.modalities, pattern=pattern, trained_pattern=trained_pattern, require_label=False)
     check_slice_labels(cases, labels, warn=False)  # slice_dataset warns when it slices
     if labels is not None:  # a classifier needs both kinds (the training split is checked again after slicing)
         given = [label for case in cases for label in labels.get(case.case_id, {}).values()]

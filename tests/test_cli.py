@@ -492,13 +492,13 @@ def test_a_runs_naming_pattern_serves_resume_and_train_seg(capsys, tmp_path, tin
     assert code == 2 and "--pattern 'flair={case}.nii.gz' differs from the run being resumed" in err
     code, _, err = run(capsys, "train-seg", "--bundle", str(tmp_path / "run"), "--data_dir", str(patients), "-o", str(tmp_path / "seg"),
                        "--epochs", "1", "--batch_size", "4", "--device", "cpu")
-    assert code == 0 and "(the AME-CAM run's; --pattern gives another)" in err, err
+    assert code == 0 and "(as the bundle's training data was named; --pattern gives another)" in err, err
     assert sorted({r["case"] for r in csv.DictReader(open(tmp_path / "seg" / "slices" / "manifest.csv", encoding="utf-8"))}) == \
         [f"case_{i:02d}" for i in range(6)]
     (tmp_path / "elsewhere").mkdir()  # other data, named otherwise: the inherited pattern is named in the error
     code, _, err = run(capsys, "train-seg", "--bundle", str(tmp_path / "run"), "--data_dir", str(tmp_path / "elsewhere"), "-o", str(tmp_path / "seg2"))
-    assert code == 2 and "with the AME-CAM run's --pattern 'flair={case}.nii.gz;label={case}_seg.nii.gz'" in err, err
-    # infer and evaluate read a folder as the bundle's training data was named, too
+    assert code == 2 and "the bundle's training data was named 'flair={case}.nii.gz;label={case}_seg.nii.gz', which finds none" in err, err
+    # infer and evaluate read a folder as the bundle's training data was named, too (one helper for all three)
     code, _, err = run(capsys, "infer", str(patients), "-o", str(tmp_path / "masks") + "/", "--bundle", str(tmp_path / "run"))
     assert code == 0 and "(as the bundle's training data was named; --pattern gives another)" in err, err
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"case_{i:02d}_mask.nii.gz" for i in range(6)]
