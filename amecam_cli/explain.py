@@ -157,7 +157,11 @@ def explain_volume(
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict:
-    """Explain a segmentation bundle's output on one volume; the map is written on the input's grid."""
+    """Explain a segmentation bundle's output on one volume; the map is written on the input's grid.
+
+    An AME-CAM bundle is refused: its network's two channels are the map and the slice's tumour
+    probability, not class logits, so no pixel set of theirs has a meaningful "class logit" to explain.
+    """
     from amecam_bundle.scripts.preprocess import extract_slices, from_canonical, paste_slices, prepare_volume
 
     from .bundle import open_bundle
@@ -170,6 +174,9 @@ def explain_volume(
         raise AmecamError(f"--method must be one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
     kind, voxel = parse_pixels(pixels)
     bundle = open_bundle(bundle_path, device=device)
+    if bundle.kind != "segmentation":  # an AME-CAM network outputs (map, slice probability), not class logits
+        raise AmecamError(f"{bundle_path}: amecam explain needs a segmentation bundle (from amecam train-seg); "
+                          "for an AME-CAM bundle's maps use amecam cam")
     torch_device = bundle.module("train").resolve_device(device)
     network = bundle.network.to(torch_device)
     example = torch.zeros(1, len(bundle.modalities), bundle.image_size, bundle.image_size, device=torch_device)

@@ -88,6 +88,16 @@ def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
     assert code == 2 and "--layer must be one of" in capsys.readouterr().err
 
 
+def test_explain_refuses_an_amecam_bundle(tmp_path, tiny_bundle, capsys):
+    """An AME-CAM bundle's output is (map, slice probability), not class logits: explaining it would be meaningless."""
+    image, _ = planted_case(seed=4)
+    src = save_nifti(tmp_path / "v_flair.nii.gz", image.astype(np.int16))
+    code = main(["explain", str(src), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "e.nii.gz"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "amecam explain needs a segmentation bundle" in err and "amecam cam" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "e.nii.gz").exists()
+
+
 def test_train_seg_refuses_a_seg_bundle_as_source(tmp_path, seg_bundle, tiny_dataset):
     from amecam_cli.segmentation import train_segmentation
 
