@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from amecam_cli import __version__
-from amecam_cli.cli import main
+from amecam_cli.cli import _int, main
 
 from .conftest import planted_case, save_nifti, write_brats_case
 
@@ -223,6 +223,7 @@ def test_a_switch_never_takes_the_volume_and_false_means_false(capsys, tmp_path,
     # a whole number written as 1e3 or 2.0 reaches the command as a float: take it; 10.5 is refused as typed
     code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m3.nii.gz"), "--bundle", str(tiny_bundle), "--min_size", "1e3")
     assert code == 0 and "min_size" not in err, err
+    assert [type(v) for v in (_int(1e3, "min_size"), _int(2.0, "epochs"))] == [int, int] and _int(1e3, "min_size") == 1000
     code, _, err = run(capsys, "infer", str(src), "-o", str(tmp_path / "m4.nii.gz"), "--bundle", str(tiny_bundle), "--min_size", "10.5")
     assert code == 2 and "--min_size must be a whole number, got 10.5" in err and not (tmp_path / "m4.nii.gz").exists(), err
     # also for a bool | None switch, after a required argument given as a flag (it once became --modality)
