@@ -217,3 +217,110 @@ def test_monai_ckpt_export_with_tracing_as_the_model_card_says(tmp_path, tiny_bu
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "m.ts"))(x), network.eval()(x))
+
+
+def _messages(exc: BaseException) -> str:
+    """An exception's message and those of its causes (MONAI's runner wraps the script's own error)."""
+    parts = []
+    while exc is not None:
+        parts.append(str(exc))
+        exc = exc.__cause__
+    return " | ".join(parts)
+
+
+def test_monai_bundle_run_reads_true_and_false_as_words(tmp_path, tiny_bundle):
+    """`python -m monai.bundle run ... --overwrite false` hands the config the string 'false', which is truthy:
+    it once replaced the existing mask. The scripts read the words true/false and refuse anything else."""
+    from monai.bundle import run as bundle_run
+
+    from amecam_bundle.scripts.options import switch
+
+    assert [switch(v, "x") for v in (True, False, "true", "False", "no", "YES", 1, 0, "1", "0")] == [
+        True, False, True, False, False, True, True, False, True, False]
+    with pytest.raises(ValueError, match="crf must be true or false, got 'maybe'"):
+        switch("maybe", "crf")
+    image, _ = planted_case(seed=6)
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image.astype(np.int16))
+    out = tmp_path / "mask.nii.gz"
+    out.write_bytes(b"keep me")
+    common = {"config_file": str(tiny_bundle / "configs" / "inference.yaml"), "bundle_root": str(tiny_bundle), "device": "cpu",
+              "image": str(src), "output": str(out)}
+    with pytest.raises(Exception) as info:
+        bundle_run(**common, overwrite="false")
+    assert "output already exists" in _messages(info.value)
+    with pytest.raises(Exception) as info:
+        bundle_run(**common, overwrite="True", crf="maybe")
+    assert "crf must be true or false, got 'maybe'" in _messages(info.value)
+    assert out.read_bytes() == b"keep me"
+    bundle_run(**common, overwrite="true")
+    assert nib.load(str(out)).shape == image.shape
+
+
+def test_bundle_refuses_nan_volumes(tmp_path):
+    """A NaN in the volume once gave an empty mask without a word through python -m monai.bundle run."""
+    from amecam_bundle.scripts.inference import VolumePredictor
+    from amecam_bundle.scripts.networks import AMECAMNet
+
+    image, _ = planted_case(seed=6)
+    image = image.astype(np.float32)
+    image[3, 4, 5] = np.nan
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image)
+    predictor = VolumePredictor(AMECAMNet(in_channels=1), image_size=64, device="cpu")
+    with pytest.raises(ValueError, match="p_flair.nii.gz: volume contains 1 NaN or infinite values"):
+        predictor.predict_files(str(src), str(tmp_path / "m.nii.gz"))
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
+    """configs/evaluate.yaml once knew only exact modality keys and 'label' (a MONAI-style 'image' entry
+    failed with KeyError: 'flair'), ignored 'dataroot' and 'brainmask', and replaced its output."""
+    import json
+
+    from amecam_bundle.scripts import evaluate
+    from amecam_bundle.scripts.inference import VolumePredictor
+    from amecam_bundle.scripts.networks import AMECAMNet
+    from amecam_cli import cases as toolkit
+
+    assert (toolkit._LABEL_KEYS, toolkit._BRAIN_KEYS, toolkit._ID_KEYS, toolkit.BRATS2023_NAMES) == (
+        evaluate.LABEL_KEYS, evaluate.BRAIN_KEYS, evaluate.ID_KEYS, evaluate.BRATS2023_NAMES)
+    data = tmp_path / "data"
+    data.mkdir()
+    image, seg = planted_case(seed=6)
+    save_nifti(data / "a_flair.nii.gz", image.astype(np.int16))
+    save_nifti(data / "a_seg.nii.gz", seg)
+    save_nifti(data / "a_brain.nii.gz", (image > 0).astype(np.uint8))
+    save_nifti(data / "small_seg.nii.gz", seg[:-1])
+    nan = image.astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    save_nifti(data / "nan_flair.nii.gz", nan)
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps({"dataroot": "data", "testing": [
+        {"ID": "a", "Image": "a_flair.nii.gz", "Seg": "a_seg.nii.gz", "brainmask": "a_brain.nii.gz"},
+        {"t2f": "a_flair.nii.gz", "label": "a_seg.nii.gz"},
+        {"flair": "a_flair.nii.gz", "case": "c"}]}), encoding="utf-8")  # no label: skipped
+    read = evaluate.read_datalist(listing, ["flair"])
+    known = toolkit.find_cases(listing, ("flair",), require_label=False)
+    assert [(c["case"], c["images"], c["label"], c["brainmask"]) for c in read] == [
+        (k.case_id, [k.images["flair"]], k.label, k.brainmask) for k in known]
+    predictor = VolumePredictor(AMECAMNet(in_channels=1), image_size=64, device="cpu")
+    out = tmp_path / "dice.json"
+    result = evaluate.evaluate_datalist(predictor, str(listing), ["flair"], str(out))
+    assert [r["case"] for r in result["cases"]] == ["a", "a_flair"] and json.loads(out.read_text(encoding="utf-8")) == result
+    with pytest.raises(FileExistsError, match="dice.json: output already exists"):
+        evaluate.evaluate_datalist(predictor, str(listing), ["flair"], str(out))
+    assert evaluate.evaluate_datalist(predictor, str(listing), ["flair"], str(out), overwrite="true") == result
+    bad = [({"testing": [{"t1": "a_flair.nii.gz", "label": "a_seg.nii.gz"}]}, ValueError, "entry 0 has no 'flair' file (keys: t1, label)"),
+           ([{"image": "a_flair.nii.gz", "label": "a_seg.nii.gz"}], ValueError, "reads one key per modality, not 'image'"),
+           ([{"flair": "b_flair.nii.gz", "label": "a_seg.nii.gz"}], FileNotFoundError, "b_flair.nii.gz: no such file"),
+           ([{"flair": "a_flair.nii.gz"}], ValueError, "no entry has a label"),
+           ([{"flair": "a_flair.nii.gz", "label": "small_seg.nii.gz"}], ValueError, "small_seg.nii.gz: label has shape"),
+           ([{"flair": "nan_flair.nii.gz", "label": "a_seg.nii.gz"}], ValueError, "volume contains 1 NaN or infinite values"),
+           ([3], ValueError, "datalist entry 0 must be an object"),
+           ([{"flair": "a_flair.nii.gz", "label": "a_seg.nii.gz"}] * 2, ValueError, "case ids must be unique, these repeat: data")]
+    for index, (content, error, message) in enumerate(bad):
+        listing = data / f"bad{index}.json"
+        listing.write_text(json.dumps(content), encoding="utf-8")
+        modalities = ["flair", "t1ce"] if "one key per modality" in message else ["flair"]
+        with pytest.raises(error, match=re.escape(message)):
+            evaluate.evaluate_datalist(predictor, str(listing), modalities, str(tmp_path / f"d{index}.json"))
+        assert not (tmp_path / f"d{index}.json").exists()

@@ -26,9 +26,10 @@ import torch
 from .postprocess import CRFParams, crf_refine_volume, remove_small_components
 from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
 from .device import resolve_device
+from .options import switch
 from .weights import load_weights
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output", "image_argument"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output", "image_argument", "read_nifti_channels"]
 
 logger = logging.getLogger("amecam.inference")
 
@@ -76,6 +77,47 @@ class Prediction:
     brain: np.ndarray
     seconds: dict = field(default_factory=dict)
     brain_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def read_nifti_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, object]:
+    """Read one NIfTI volume per modality as canonical ``(C, x, y, z)`` float32 channels (nibabel only).
+
+    Returns:
+        The channels, the first file's orientation (for :func:`~.preprocess.from_canonical`) and its
+        nibabel image (the reference whose grid and header a result is written with).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a volume is not 3-D, has another shape than the first, or holds NaN or infinite values
+            (which would otherwise give an empty mask without a word).
+    """
+    import nibabel as nib
+
+    arrays, reference = [], None
+    for name in files:
+        if not Path(name).is_file():
+            msg = f"{name}: no such file"
+            raise FileNotFoundError(msg)
+        image = nib.load(str(name))
+        data = np.asanyarray(image.dataobj).astype(np.float32)
+        if data.ndim != 3:
+            msg = f"{name}: expected a 3-D volume, got shape {data.shape}"
+            raise ValueError(msg)
+        if reference is None:
+            reference = image
+        elif data.shape != reference.shape:
+            msg = f"{name}: shape {data.shape} differs from {files[0]} {reference.shape}"
+            raise ValueError(msg)
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            msg = f"{name}: volume contains {bad} NaN or infinite values"
+            raise ValueError(msg)
+        arrays.append(data)
+    if reference is None:
+        msg = "no image given"
+        raise ValueError(msg)
+    stacked, orientation = to_canonical(np.stack(arrays, axis=-1), reference.affine)
+    return np.moveaxis(stacked, -1, 0), orientation, reference
 
 
 def image_argument(channels: Sequence[str]) -> str:
@@ -131,12 +173,12 @@ class VolumePredictor:
         self.image_size = int(image_size)
         self.batch_size = int(batch_size) if batch_size else DEFAULT_BATCH_SIZE.get(self.device.type, 64)
         self.threshold = float(threshold)
-        self.gate = bool(gate)
+        self.gate = switch(gate, "gate")
         self.probability_threshold = float(probability_threshold)
         self.min_component_voxels = int(min_component_voxels)
-        self.crf = bool(crf)
+        self.crf = switch(crf, "crf")
         self.crf_params = crf_params or CRFParams()
-        self.strip_skull = bool(strip_skull)
+        self.strip_skull = switch(strip_skull, "strip_skull")
         if isinstance(channels, Mapping):
             channels = [channels[key] for key in sorted(channels, key=int)]
         self.channels = None if channels is None else [str(name) for name in channels]
@@ -227,8 +269,6 @@ class VolumePredictor:
         Returns:
             Paths written and the time per step.
         """
-        import nibabel as nib
-
         files = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         if not files or not all(str(name) for name in files):
             msg = "image must name the volume to segment (--image patient_flair.nii.gz; a list, one file per modality)"
@@ -253,29 +293,13 @@ class VolumePredictor:
         if cam_output and Path(cam_output).resolve() == Path(output).resolve():
             msg = f"{cam_output}: the mask and the map cannot be written to the same file"
             raise ValueError(msg)
-        arrays, reference = [], None
-        for name in files:
-            if not Path(name).is_file():
-                msg = f"{name}: no such file"
-                raise FileNotFoundError(msg)
-            image = nib.load(str(name))
-            data = np.asanyarray(image.dataobj).astype(np.float32)
-            if data.ndim != 3:
-                msg = f"{name}: expected a 3-D volume, got shape {data.shape}"
-                raise ValueError(msg)
-            if reference is None:
-                reference = image
-            elif data.shape != reference.shape:
-                msg = f"{name}: shape {data.shape} differs from {files[0]} {reference.shape}"
-                raise ValueError(msg)
-            arrays.append(data)
-        assert reference is not None
+        overwrite = switch(overwrite, "overwrite")
+        channels, orientation, reference = read_nifti_channels(files)
         for path in (output, cam_output):
             if path and Path(path).exists() and not overwrite:
-                msg = f"{path}: output already exists"
+                msg = f"{path}: output already exists (--overwrite true replaces it)"
                 raise FileExistsError(msg)
-        stacked, orientation = to_canonical(np.stack(arrays, axis=-1), reference.affine)
-        prediction = self.predict_canonical(np.moveaxis(stacked, -1, 0), all_maps=cam_output is not None)
+        prediction = self.predict_canonical(channels, all_maps=cam_output is not None)
         written = {"mask": output}
         self._save_nifti(from_canonical(prediction.mask, orientation), reference, output)
         if cam_output:

@@ -35,6 +35,7 @@ from .data import SliceSet, augment, balanced_epoch, simclr_views
 from .device import DEVICE_CHOICES, resolve_device  # re-exported: configs and callers name scripts.train.resolve_device
 from .losses import AttentionContrastiveLoss, MultiExitBCELoss, NTXentLoss
 from .networks import EXIT_WEIGHTS, AMECAMNet, MultiExitResNet, brain_region
+from .options import switch
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -247,11 +248,11 @@ class _Stage:
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
         self.device = resolve_device(device)
-        self.resume = bool(resume)
-        self.progress = bool(progress)
-        self.channels_last = bool(channels_last)
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.affine = bool(affine_augmentation)
+        self.resume = switch(resume, "resume")
+        self.progress = switch(progress, "progress")
+        self.channels_last = switch(channels_last, "channels_last")
+        self.amp = switch(amp, "amp") and self.device.type == "cuda"
+        self.affine = switch(affine_augmentation, "affine_augmentation")
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.checkpoint_path = self.output_dir / "checkpoints" / f"{self.name}.pt"
@@ -320,7 +321,7 @@ class ClassifierTrainer(_Stage):
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.loss = MultiExitBCELoss(exit_weights).to(self.device)
-        self.balance = bool(balance)
+        self.balance = switch(balance, "balance")
         self.pretrained = pretrained
         self.best_path = self.output_dir / "classifier.pt"
 
