@@ -324,3 +324,44 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
         with pytest.raises(error, match=re.escape(message)):
             evaluate.evaluate_datalist(predictor, str(listing), modalities, str(tmp_path / f"d{index}.json"))
         assert not (tmp_path / f"d{index}.json").exists()
+
+
+def test_predictor_refuses_out_of_range_options_by_name():
+    """Through python -m monai.bundle run, --batch_size -3 failed in torch.cat, --threshold abc named no option,
+    and --probability_threshold 2, --min_component_voxels -1 and --batch_size 2.5 were taken silently."""
+    from amecam_bundle.scripts.inference import VolumePredictor
+    from amecam_bundle.scripts.networks import AMECAMNet
+
+    net = AMECAMNet(in_channels=1)
+    for option, value, message in [("threshold", "abc", "threshold must be a number in [0, 1], got 'abc'"),
+                                   ("threshold", 1.5, "threshold must be a number in [0, 1], got 1.5"),
+                                   ("probability_threshold", 2, "probability_threshold must be a number in [0, 1], got 2"),
+                                   ("batch_size", -3, "batch_size must be a whole number >= 1 (or null for the default), got -3"),
+                                   ("batch_size", 2.5, "batch_size must be a whole number >= 1 (or null for the default), got 2.5"),
+                                   ("min_component_voxels", -1, "min_component_voxels must be a whole number >= 0, got -1"),
+                                   ("image_size", "big", "image_size must be a whole number >= 1, got 'big'")]:
+        kwargs = {"image_size": 64, "device": "cpu", option: value}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            VolumePredictor(net, **kwargs)
+    predictor = VolumePredictor(net, image_size=64.0, device="cpu", batch_size="4", threshold="0.3", min_component_voxels=10.0)
+    assert (predictor.image_size, predictor.batch_size, predictor.threshold, predictor.min_component_voxels) == (64, 4, 0.3, 10)
+    assert VolumePredictor(net, image_size=64, device="cpu", batch_size=None).batch_size > 0
+
+
+def test_training_configs_refuse_bad_numbers_and_words_by_name(tmp_path):
+    """The stage configs run through python -m monai.bundle run as well: --epochs 2.5 or --balance false
+    (a truthy string) were taken silently."""
+    from amecam_bundle.scripts.networks import MultiExitResNet
+    from amecam_bundle.scripts.train import ClassifierTrainer
+
+    common = {"dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "epochs": 1, "device": "cpu"}
+    for option, value, message in [("epochs", 2.5, "epochs must be a whole number >= 0, got 2.5"),
+                                   ("epochs", -1, "epochs must be a whole number >= 0, got -1"),
+                                   ("batch_size", 1, "batch_size must be a whole number >= 2, got 1"),
+                                   ("learning_rate", "fast", "learning_rate must be a number >= 0, got 'fast'"),
+                                   ("balance", "maybe", "balance must be true or false, got 'maybe'"),
+                                   ("resume", "sometimes", "resume must be true or false, got 'sometimes'")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ClassifierTrainer(MultiExitResNet(1), **{**common, option: value})
+    trainer = ClassifierTrainer(MultiExitResNet(1), **{**common, "epochs": "3", "balance": "false", "resume": "False"})
+    assert (trainer.epochs, trainer.balance, trainer.resume) == (3, False, False)

@@ -26,7 +26,7 @@ import torch
 from .postprocess import CRFParams, crf_refine_volume, remove_small_components
 from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
 from .device import resolve_device
-from .options import switch
+from .options import number, switch, whole
 from .weights import load_weights
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "VolumePredictor", "gated_output", "image_argument", "read_nifti_channels"]
@@ -163,19 +163,18 @@ class VolumePredictor:
         strip_skull: bool = False,
         channels: Mapping[str, str] | Sequence[str] | None = None,
     ) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            msg = f"threshold must be in [0, 1], got {threshold}"
-            raise ValueError(msg)
+        self.threshold = number(threshold, "threshold", 0.0, 1.0)
+        self.probability_threshold = number(probability_threshold, "probability_threshold", 0.0, 1.0)
+        self.image_size = whole(image_size, "image_size", 1)
+        self.min_component_voxels = whole(min_component_voxels, "min_component_voxels", 0)
+        if batch_size is not None:
+            batch_size = whole(batch_size, "batch_size", 1, hint=" (or null for the default)")
         self.device = resolve_device(device)
         # channels-last weights keep every activation channels-last: a one-channel input alone does
         # not (its layout is ambiguous), and the stem's max pool is ~15x slower on the other layout
         self.network = network.to(self.device, memory_format=torch.channels_last).eval()
-        self.image_size = int(image_size)
         self.batch_size = int(batch_size) if batch_size else DEFAULT_BATCH_SIZE.get(self.device.type, 64)
-        self.threshold = float(threshold)
         self.gate = switch(gate, "gate")
-        self.probability_threshold = float(probability_threshold)
-        self.min_component_voxels = int(min_component_voxels)
         self.crf = switch(crf, "crf")
         self.crf_params = crf_params or CRFParams()
         self.strip_skull = switch(strip_skull, "strip_skull")

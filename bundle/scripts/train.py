@@ -35,7 +35,7 @@ from .data import SliceSet, augment, balanced_epoch, simclr_views
 from .device import DEVICE_CHOICES, resolve_device  # re-exported: configs and callers name scripts.train.resolve_device
 from .losses import AttentionContrastiveLoss, MultiExitBCELoss, NTXentLoss
 from .networks import EXIT_WEIGHTS, AMECAMNet, MultiExitResNet, brain_region
-from .options import switch
+from .options import number, switch, whole
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -234,19 +234,13 @@ class _Stage:
         affine_augmentation: bool = False,
         num_threads: int | None = None,
     ) -> None:
-        if int(epochs) < 0:
-            msg = f"epochs must be >= 0, got {epochs}"
-            raise ValueError(msg)
-        if int(batch_size) < 2:
-            msg = f"batch_size must be >= 2, got {batch_size}"
-            raise ValueError(msg)
+        self.epochs = whole(epochs, "epochs", 0)
+        self.batch_size = whole(batch_size, "batch_size", 2)
+        self.learning_rate = number(learning_rate, "learning_rate", 0.0)
+        self.weight_decay = number(weight_decay, "weight_decay", 0.0)
+        self.seed = whole(seed, "seed", 0)
         self.dataset_dir = Path(dataset_dir)
         self.output_dir = Path(output_dir)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.learning_rate = float(learning_rate)
-        self.weight_decay = float(weight_decay)
-        self.seed = int(seed)
         self.device = resolve_device(device)
         self.resume = switch(resume, "resume")
         self.progress = switch(progress, "progress")
