@@ -365,3 +365,12 @@ def test_training_configs_refuse_bad_numbers_and_words_by_name(tmp_path):
             ClassifierTrainer(MultiExitResNet(1), **{**common, option: value})
     trainer = ClassifierTrainer(MultiExitResNet(1), **{**common, "epochs": "3", "balance": "false", "resume": "False"})
     assert (trainer.epochs, trainer.balance, trainer.resume) == (3, False, False)
+
+    from amecam_bundle.scripts.networks import SegmentationNet
+    from amecam_bundle.scripts.train_seg import SegmentationTrainer
+
+    for option, value, message in [("uncertainty_weight", 2, "uncertainty_weight must be a number in [0, 1], got 2"),
+                                   ("uncertainty_margin", 0.5, "uncertainty_margin must be in [0, 0.5), got 0.5"),
+                                   ("uncertainty_margin", "wide", "uncertainty_margin must be a number in [0, 0.5], got 'wide'")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            SegmentationTrainer(SegmentationNet(1), **{**common, option: value})

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .data import SliceSet, augment, balanced_epoch
 from .networks import SegmentationNet
+from .options import number
 from .train import _save, _Stage, logger, set_determinism
 
 __all__ = ["LABEL_SOURCES", "SegmentationTrainer", "weighted_dice_ce"]
@@ -67,8 +68,11 @@ class SegmentationTrainer(_Stage):
             raise ValueError(msg)
         self.network = network.to(self.device)
         self.label_source = label_source
-        self.uncertainty_margin = float(uncertainty_margin)
-        self.uncertainty_weight = float(uncertainty_weight)
+        self.uncertainty_margin = number(uncertainty_margin, "uncertainty_margin", 0.0, 0.5)
+        if self.uncertainty_margin == 0.5:  # every pseudo-label would be uncertain
+            msg = f"uncertainty_margin must be in [0, 0.5), got {uncertainty_margin!r}"
+            raise ValueError(msg)
+        self.uncertainty_weight = number(uncertainty_weight, "uncertainty_weight", 0.0, 1.0)
         self.model_path = self.output_dir / "model.pt"
 
     def _targets(self, data: SliceSet, indices) -> tuple[torch.Tensor, torch.Tensor]:
