@@ -28,6 +28,7 @@ from .errors import AmecamError
 from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, VolumeProperties, read_volume, volume_suffix
 
 __all__ = [
+    "case_fingerprint",
     "MODALITIES",
     "Case",
     "LoadedCase",
@@ -415,6 +416,27 @@ def _check_same_grid(reference: VolumeProperties, other: VolumeProperties, *, wh
         )
     if not np.allclose(reference.affine, other.affine, atol=1e-3, rtol=1e-4):
         raise AmecamError(f"{other.path}: {what} is not on the same voxel grid (affine) as {reference.path.name}")
+
+
+def case_fingerprint(case: Case) -> str:
+    """A digest of a case's image files (their bytes, modality by modality; a DICOM folder's files in name order).
+
+    ``amecam train`` keeps each training case's digest in the bundle's metadata so that ``amecam evaluate``
+    can tell when a case it scores is one of them under another id (a copied or renamed folder). The
+    same scan saved again (recompressed, converted) has other bytes and is not recognised.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for modality in sorted(case.images):
+        path = case.images[modality]
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        digest.update(modality.encode())
+        for file in files:
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:20]
 
 
 def describe(cases: list[Case]) -> str:

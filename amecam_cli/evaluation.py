@@ -413,7 +413,7 @@ def evaluate(
         if other.modalities != reference.modalities:
             raise AmecamError(f"bundles disagree on modalities: {','.join(reference.modalities)} vs {','.join(other.modalities)}")
     cases = find_cases_as_trained(data, reference.modalities, pattern=pattern, trained_pattern=reference.data_pattern, require_label=True)
-    seen = cases_seen_in_training([c.case_id for c in cases], [b for b in (bundle, *segmentation) if b is not None])
+    seen = cases_seen_in_training(cases, [b for b in (bundle, *segmentation) if b is not None])
     if seen["train"] or seen["val"]:
         logger.warning("%s: their scores are not held-out results", seen_note(seen, len(cases)))
     device = reference.module("train").resolve_device(options.device)
@@ -513,15 +513,30 @@ def evaluate(
     return report
 
 
-def cases_seen_in_training(case_ids: list[str], bundles: list) -> dict[str, list[str]]:
-    """The cases whose ids are in a bundle's case-level split, by role (``train``, ``val``), sorted."""
+def cases_seen_in_training(cases: list, bundles: list) -> dict[str, list[str]]:
+    """The evaluated cases that were a bundle's own training or validation cases, by role (``train``, ``val``):
+    by id (the case-level split in its metadata), or, under another id, by identical image files (the
+    ``fingerprints`` kept since 0.5.9), listed as ``"ID (same files as TRAINING_ID)"``."""
+    from .cases import case_fingerprint
+
     roles: dict[str, str] = {}
+    by_content: dict[str, str] = {}
     for loaded in bundles:
-        for case_id, role in loaded.metadata.get("amecam_training", {}).get("split", {}).items():
+        training = loaded.metadata.get("amecam_training", {})
+        for case_id, role in training.get("split", {}).items():
             if role == "train" or roles.get(case_id) is None:
                 roles[case_id] = role
-    wanted = set(case_ids)
-    return {role: sorted(c for c, r in roles.items() if r == role and c in wanted) for role in ("train", "val")}
+        for case_id, digest in (training.get("fingerprints") or {}).items():
+            by_content.setdefault(digest, case_id)
+    seen: dict[str, list[str]] = {"train": [], "val": []}
+    for case in cases:
+        if case.case_id in roles:
+            seen[roles[case.case_id]].append(case.case_id)
+        elif by_content:
+            twin = by_content.get(case_fingerprint(case))
+            if twin is not None and twin in roles:
+                seen[roles[twin]].append(f"{case.case_id} (same files as {twin})")
+    return {role: sorted(ids) for role, ids in seen.items()}
 
 
 def seen_note(seen: dict[str, list[str]], n_cases: int) -> str:
@@ -529,7 +544,8 @@ def seen_note(seen: dict[str, list[str]], n_cases: int) -> str:
     n_train, n_val = len(seen["train"]), len(seen["val"])
     ids = seen["train"] + seen["val"]
     shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more, listed in report.json" if len(ids) > 6 else "")
-    return f"{n_train + n_val} of {n_cases} cases have the ids of the bundle's own cases ({n_train} training, {n_val} validation: {shown})"
+    return (f"{n_train + n_val} of {n_cases} cases are the bundle's own cases, by id or by identical files "
+            f"({n_train} training, {n_val} validation: {shown})")
 
 
 def _versions() -> dict:

@@ -236,7 +236,7 @@ def _finish_metadata(output: Path, settings: dict, data: Path, dataset_info: dic
         "kind": "segmentation", "labels": "masks" if supervised else "pseudo", "label_description": pseudo["labels"],
         "amecam_version": __version__, "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": str(data), "settings": settings, "split": dataset_info.get("split", {}),
-        "source_bundle": settings["source_bundle"], "best_epoch": summary.get("best_epoch"),
+        "fingerprints": dataset_info.get("fingerprints", {}), "source_bundle": settings["source_bundle"], "best_epoch": summary.get("best_epoch"),
         "pseudo_labels": {k: v for k, v in pseudo.items() if k != "labels"},
     }
     metadata["changelog"] = {metadata["version"]: "U-Net segmentation bundle (" + pseudo["labels"] + ")"}

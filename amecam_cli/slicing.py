@@ -34,7 +34,7 @@ from typing import Iterable
 import numpy as np
 
 from . import __version__
-from .cases import Case, LoadedCase, load_case
+from .cases import Case, LoadedCase, case_fingerprint, load_case
 from .errors import AmecamError
 from .io import atomic_path
 from .workers import check_workers, ordered_map
@@ -45,6 +45,7 @@ __all__ = [
     "file_stem",
     "label_slices",
     "check_slice_labels",
+    "read_fingerprints",
     "read_slice_labels",
     "slice_case",
     "slice_dataset",
@@ -435,9 +436,22 @@ def _slice_one(case: Case, stem: str, split_name: str, labels_of_case: dict[int,
     _save_array(out_dir / "images" / f"{stem}.npy", images)
     if masks is not None:
         _save_array(out_dir / "masks" / f"{stem}.npy", masks)
-    record = {"case": case.case_id, "box": [int(b) for b in box], "rows": rows}
+    record = {"case": case.case_id, "box": [int(b) for b in box], "rows": rows, "fingerprint": case_fingerprint(case)}
     _write_text(out_dir / "cases" / f"{stem}.json", json.dumps(record) + "\n")
     return rows
+
+
+def read_fingerprints(out_dir: str | Path) -> dict[str, str]:
+    """Case id -> :func:`~amecam_cli.cases.case_fingerprint` of a slice dataset's cases (those sliced since 0.5.9)."""
+    found = {}
+    for path in sorted((Path(out_dir) / "cases").glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and record.get("fingerprint") and record.get("case"):
+            found[str(record["case"])] = str(record["fingerprint"])
+    return found
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:

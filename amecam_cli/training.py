@@ -361,11 +361,11 @@ def _labelled_cases(data: Path, settings: TrainSettings, pattern: str | None, *,
 
 
 def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, cases: list | None, labels: dict | None) -> tuple[Path, dict]:
-    from .slicing import SliceSettings, slice_dataset
+    from .slicing import SliceSettings, read_fingerprints, slice_dataset
 
     if cases is None:
         logger.info("using the slice dataset %s as it is", data)
-        return data, json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+        return data, {**json.loads((data / "dataset.json").read_text(encoding="utf-8")), "fingerprints": read_fingerprints(data)}
     slices = output / "slices"
     slice_settings = SliceSettings(
         modalities=settings.modalities, image_size=settings.image_size, min_tumor_fraction=settings.min_tumor_fraction,
@@ -374,7 +374,7 @@ def _slice_if_needed(data: Path, output: Path, settings: TrainSettings, cases: l
     # the same slices, made faster; a few cases are not worth starting processes for
     slice_dataset(cases, slices, slice_settings, slice_labels=labels,
                   workers=max(1, min(4, os.cpu_count() or 1, len(cases) // 8)))
-    return slices, json.loads((slices / "dataset.json").read_text(encoding="utf-8"))
+    return slices, {**json.loads((slices / "dataset.json").read_text(encoding="utf-8")), "fingerprints": read_fingerprints(slices)}
 
 
 def _update_metadata(root: Path, settings: TrainSettings, data: Path, dataset_info: dict, summaries: dict) -> dict:
@@ -401,6 +401,7 @@ def _update_metadata(root: Path, settings: TrainSettings, data: Path, dataset_in
         "data": str(data),
         "settings": settings.as_dict(),
         "split": dataset_info.get("split", {}),
+        "fingerprints": dataset_info.get("fingerprints", {}),
         "slice_settings": dataset_info.get("settings", {}),
         "slice_labels": dataset_info.get("labels", {"from": "segmentations"}),
         "stage1": {k: stage1.get(k) for k in ("best_epoch", "best_val_auc", "n_train", "n_val")},

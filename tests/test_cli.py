@@ -298,7 +298,7 @@ def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset)
     seen = report["cases_seen_in_training"]
     assert seen == {"train": sorted(c for c, r in split.items() if r == "train"), "val": sorted(c for c, r in split.items() if r == "val")}
     assert len(seen["train"]) + len(seen["val"]) == 6 and seen["train"] and seen["val"]
-    warning = f"6 of 6 cases have the ids of the bundle's own cases ({len(seen['train'])} training, {len(seen['val'])} validation: "
+    warning = f"6 of 6 cases are the bundle's own cases, by id or by identical files ({len(seen['train'])} training, {len(seen['val'])} validation: "
     assert warning in err and "not held-out results" in err
     assert warning in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     code, _, err = run(capsys, "evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"))
@@ -606,10 +606,32 @@ def test_ctrl_c_says_how_to_continue(capsys, monkeypatch, tmp_path):
     assert code == 130 and err.strip().splitlines()[-1] == "amecam: interrupted"  # nothing to resume
 
 
+def test_evaluate_knows_a_training_case_copied_under_another_id(capsys, tmp_path, tiny_bundle):
+    """The not-held-out check once went by case id only: a training case copied into a test folder under
+    a new name was scored as held out. The bundle keeps a digest of each training case's files."""
+    import json
+
+    meta = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]
+    assert sorted(meta["fingerprints"]) == sorted(meta["split"]) and len(set(meta["fingerprints"].values())) == 6
+    source = tiny_bundle.parent / "data" / "CASE_01"
+    test = tmp_path / "test"
+    (test / "NEW_A").mkdir(parents=True)
+    for name in ("flair", "seg"):
+        shutil.copy(source / f"CASE_01_{name}.nii.gz", test / "NEW_A" / f"NEW_A_{name}.nii.gz")
+    write_brats_case(test, "NEW_B", seed=40)  # a case of its own
+    code, _, err = run(capsys, "evaluate", str(test), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"), "--methods", "exit1",
+                       "--device", "cpu")
+    assert code == 0, err
+    role = meta["split"]["CASE_01"]
+    seen = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["cases_seen_in_training"]
+    assert seen[role] == ["NEW_A (same files as CASE_01)"] and not seen["train" if role == "val" else "val"]
+    assert "1 of 2 cases are the bundle's own cases, by id or by identical files" in err
+
+
 def test_the_not_held_out_note_names_a_few_cases_and_counts_the_rest():
     from amecam_cli.evaluation import seen_note
 
     seen = {"train": [f"P{i:02d}" for i in range(58)], "val": ["V1", "V2"]}
     note = seen_note(seen, 80)
-    assert note.startswith("60 of 80 cases have the ids of the bundle's own cases (58 training, 2 validation: P00, P01")
+    assert note.startswith("60 of 80 cases are the bundle's own cases, by id or by identical files (58 training, 2 validation: P00, P01")
     assert note.endswith("P05 and 54 more, listed in report.json)") and "V1" not in note
