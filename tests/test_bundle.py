@@ -256,8 +256,9 @@ def test_monai_bundle_run_reads_true_and_false_as_words(tmp_path, tiny_bundle):
     assert nib.load(str(out)).shape == image.shape
 
 
-def test_bundle_refuses_nan_volumes(tmp_path):
-    """A NaN in the volume once gave an empty mask without a word through python -m monai.bundle run."""
+def test_bundle_reads_volumes_as_amecam_does(tmp_path):
+    """A NaN in the volume once gave an empty mask without a word through python -m monai.bundle run, and an
+    (x, y, z, 1) volume, which amecam infer takes, was refused."""
     from amecam_bundle.scripts.inference import VolumePredictor
     from amecam_bundle.scripts.networks import AMECAMNet
 
@@ -269,6 +270,14 @@ def test_bundle_refuses_nan_volumes(tmp_path):
     with pytest.raises(ValueError, match="p_flair.nii.gz: volume contains 1 NaN or infinite values"):
         predictor.predict_files(str(src), str(tmp_path / "m.nii.gz"))
     assert not (tmp_path / "m.nii.gz").exists()
+    # as amecam reads volumes: (x, y, z, 1) is one volume (the mask is 3-D), one slice is not a volume
+    image = np.nan_to_num(image)
+    four = save_nifti(tmp_path / "four_flair.nii.gz", image[..., None])
+    predictor.predict_files(str(four), str(tmp_path / "four_mask.nii.gz"))
+    assert nib.load(str(tmp_path / "four_mask.nii.gz")).shape == image.shape
+    flat = save_nifti(tmp_path / "flat_flair.nii.gz", image[:, :, :1])
+    with pytest.raises(ValueError, match=re.escape(f"flat_flair.nii.gz: expected a 3-D volume, got shape {image.shape[:2] + (1,)}")):
+        predictor.predict_files(str(flat), str(tmp_path / "flat_mask.nii.gz"))
 
 
 def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):

@@ -88,8 +88,9 @@ def read_nifti_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray,
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: a volume is not 3-D, has another shape than the first, or holds NaN or infinite values
-            (which would otherwise give an empty mask without a word).
+        ValueError: a volume is not 3-D (``(x, y, z, 1)`` counts as 3-D; a single slice does not), has another
+            shape than the first, or holds NaN or infinite values (which would otherwise give an empty mask
+            without a word).
     """
     import nibabel as nib
 
@@ -100,13 +101,15 @@ def read_nifti_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray,
             raise FileNotFoundError(msg)
         image = nib.load(str(name))
         data = np.asanyarray(image.dataobj).astype(np.float32)
-        if data.ndim != 3:
-            msg = f"{name}: expected a 3-D volume, got shape {data.shape}"
+        while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1), as some converters write, is one volume
+            data = data[..., 0]
+        if data.ndim != 3 or min(data.shape) < 2:
+            msg = f"{name}: expected a 3-D volume, got shape {tuple(image.shape)}"
             raise ValueError(msg)
         if reference is None:
             reference = image
-        elif data.shape != reference.shape:
-            msg = f"{name}: shape {data.shape} differs from {files[0]} {reference.shape}"
+        elif data.shape != arrays[0].shape:
+            msg = f"{name}: shape {data.shape} differs from {files[0]} {arrays[0].shape}"
             raise ValueError(msg)
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
