@@ -275,6 +275,9 @@ def test_bundle_reads_volumes_as_amecam_does(tmp_path):
     four = save_nifti(tmp_path / "four_flair.nii.gz", image[..., None])
     predictor.predict_files(str(four), str(tmp_path / "four_mask.nii.gz"))
     assert nib.load(str(tmp_path / "four_mask.nii.gz")).shape == image.shape
+    moved = save_nifti(tmp_path / "moved_t1ce.nii.gz", image, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="moved_t1ce.nii.gz: not on the same voxel grid"):
+        predictor.predict_files([str(four), str(moved)], str(tmp_path / "two_mask.nii.gz"))
     flat = save_nifti(tmp_path / "flat_flair.nii.gz", image[:, :, :1])
     with pytest.raises(ValueError, match=re.escape(f"flat_flair.nii.gz: expected a 3-D volume, got shape {image.shape[:2] + (1,)}")):
         predictor.predict_files(str(flat), str(tmp_path / "flat_mask.nii.gz"))
@@ -299,6 +302,7 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
     save_nifti(data / "a_seg.nii.gz", seg)
     save_nifti(data / "a_brain.nii.gz", (image > 0).astype(np.uint8))
     save_nifti(data / "small_seg.nii.gz", seg[:-1])
+    nib.save(nib.Nifti1Image(seg, np.diag([-1.0, 1.0, 1.0, 1.0])), str(data / "flipped_seg.nii.gz"))
     nan = image.astype(np.float32)
     nan[0, 0, 0] = np.nan
     save_nifti(data / "nan_flair.nii.gz", nan)
@@ -324,6 +328,7 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
            ([{"flair": "a_flair.nii.gz"}], ValueError, "no entry has a label"),
            ([{"flair": "a_flair.nii.gz", "label": "small_seg.nii.gz"}], ValueError, "small_seg.nii.gz: label has shape"),
            ([{"flair": "nan_flair.nii.gz", "label": "a_seg.nii.gz"}], ValueError, "volume contains 1 NaN or infinite values"),
+           ([{"flair": "a_flair.nii.gz", "label": "flipped_seg.nii.gz"}], ValueError, "flipped_seg.nii.gz: label is not on the image's voxel grid"),
            ([3], ValueError, "datalist entry 0 must be an object"),
            ([{"flair": "a_flair.nii.gz", "label": "a_seg.nii.gz"}] * 2, ValueError, "case ids must be unique, these repeat: data")]
     for index, (content, error, message) in enumerate(bad):

@@ -109,10 +109,15 @@ def _read_mask(path: Path, reference, what: str) -> np.ndarray:
         msg = f"{path}: no such file ({what})"
         raise FileNotFoundError(msg)
     image = nib.load(str(path))
-    if image.shape != reference.shape:
+    if image.shape[:3] != reference.shape[:3]:
         msg = f"{path}: {what} has shape {image.shape} but the image has {reference.shape}"
         raise ValueError(msg)
+    if not np.allclose(image.affine, reference.affine, atol=1e-3, rtol=1e-4):
+        msg = f"{path}: {what} is not on the image's voxel grid (affine)"
+        raise ValueError(msg)
     mask = np.asanyarray(image.dataobj) > 0
+    while mask.ndim > 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
     return to_canonical(mask, reference.affine)[0]
 
 

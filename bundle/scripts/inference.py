@@ -111,6 +111,9 @@ def read_nifti_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray,
         elif data.shape != arrays[0].shape:
             msg = f"{name}: shape {data.shape} differs from {files[0]} {arrays[0].shape}"
             raise ValueError(msg)
+        elif not np.allclose(image.affine, reference.affine, atol=1e-3, rtol=1e-4):
+            msg = f"{name}: not on the same voxel grid (affine) as {files[0]}"
+            raise ValueError(msg)
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             msg = f"{name}: volume contains {bad} NaN or infinite values"
