@@ -235,8 +235,8 @@ def test_monai_bundle_run_reads_true_and_false_as_words(tmp_path, tiny_bundle):
 
     from amecam_bundle.scripts.options import switch
 
-    assert [switch(v, "x") for v in (True, False, "true", "False", "no", "YES", 1, 0, "1", "0")] == [
-        True, False, True, False, False, True, True, False, True, False]
+    assert [switch(v, "x") for v in (True, False, "true", "False", "no", "YES", 1, 0, "1", "0", np.bool_(True), np.int64(0))] == [
+        True, False, True, False, False, True, True, False, True, False, True, False]
     with pytest.raises(ValueError, match="crf must be true or false, got 'maybe'"):
         switch("maybe", "crf")
     image, _ = planted_case(seed=6)

@@ -8,6 +8,8 @@ numbers go through :func:`number` and :func:`whole`, which name the option when 
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["number", "switch", "whole"]
 
 _TRUE = ("true", "yes", "on", "1")
@@ -20,7 +22,7 @@ def switch(value: object, name: str) -> bool:
     Raises:
         ValueError: anything else, naming the option.
     """
-    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
         return bool(value)
     word = value.strip().lower() if isinstance(value, str) else None
     if word in _TRUE or word in _FALSE:
