@@ -28,7 +28,7 @@ __all__ = ["BRAIN_KEYS", "BRATS2023_NAMES", "ID_KEYS", "LABEL_KEYS", "evaluate_d
 
 logger = logging.getLogger("amecam.evaluate")
 
-#: datalist keys, as ``amecam`` reads them too (``amecam_cli.cases`` imports these)
+#: datalist keys, the same as ``amecam_cli.cases`` reads (a test compares the two; the bundle cannot import amecam)
 LABEL_KEYS = ("label", "seg")
 BRAIN_KEYS = ("brainmask", "brain_mask", "mask")
 ID_KEYS = ("case", "id", "case_id", "name")
@@ -118,6 +118,9 @@ def _read_mask(path: Path, reference, what: str) -> np.ndarray:
     mask = np.asanyarray(image.dataobj) > 0
     while mask.ndim > 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]
+    if mask.ndim != 3:
+        msg = f"{path}: {what} has shape {image.shape}; expected one 3-D mask"
+        raise ValueError(msg)
     return to_canonical(mask, reference.affine)[0]
 
 
