@@ -15,14 +15,15 @@ datalist or the pattern.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
+
+from amecam_bundle.scripts.datalist import BRAIN_KEYS, BRATS2023_NAMES, read_datalist
 
 from .errors import AmecamError
 from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, VolumeProperties, read_volume, volume_suffix
@@ -45,11 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: modality names amecam knows, in BraTS 2021 spelling
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-#: BraTS 2023 file suffixes and the modality each one is
-BRATS2023_NAMES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "seg": "seg"}
-_LABEL_KEYS = ("label", "seg")
-_BRAIN_KEYS = ("brainmask", "brain_mask", "mask")
-_ID_KEYS = ("case", "id", "case_id", "name")
 
 
 @dataclass
@@ -255,64 +251,11 @@ def _from_brats_layout(root: Path, modalities: tuple[str, ...]) -> list[Case]:
 
 
 def _from_datalist(path: Path, modalities: tuple[str, ...]) -> list[Case]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AmecamError(f"{path}: cannot read datalist JSON ({exc})") from exc
-    if isinstance(data, list):
-        entries = data
-        root = path.parent
-    elif isinstance(data, dict):
-        root = path.parent / str(data.get("dataroot", data.get("root", ".")))
-        entries = [e for value in data.values() if isinstance(value, list) for e in value if isinstance(e, dict)]
-    else:
-        raise AmecamError(f"{path}: datalist must be a list of cases or a dict of lists (e.g. 'training'), got {type(data).__name__}")
-    cases = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise AmecamError(f"{path}: datalist entry {index} must be an object, got {type(entry).__name__}")
-        cases.append(_case_from_entry(entry, modalities, root, f"{path} entry {index}"))
-    # entries without an id are named after their first file, or its folder when file names repeat
-    unnamed = [c for c in cases if not c.case_id]
-    stems = [c.images[modalities[0]].name.split(".")[0] for c in unnamed]
-    use_folder = len(set(stems)) < len(stems)
-    for case, stem in zip(unnamed, stems):
-        case.case_id = case.images[modalities[0]].parent.name if use_folder else stem
-    return cases
-
-
-def _case_from_entry(entry: Mapping[str, Any], modalities: tuple[str, ...], root: Path, where: str) -> Case:
-    keys = {k.lower(): v for k, v in entry.items()}
-    images: dict[str, Path] = {}
-    for modality in modalities:
-        value = keys.get(modality)
-        if value is None:
-            value = keys.get(_brats23_name(modality))
-        if value is None and len(modalities) == 1:
-            value = keys.get("image")
-        if isinstance(value, list):
-            raise AmecamError(f"{where}: give one file per modality key (flair, t1, ...), not a list under {modality!r}")
-        if value is None:
-            multi = f"; a {'+'.join(modalities)} bundle reads one key per modality, not 'image'" if "image" in keys else ""
-            raise AmecamError(f"{where}: no {modality!r} file (keys: {', '.join(entry)}){multi}")
-        images[modality] = _resolve(root, value, where)
-    label = next((keys[k] for k in _LABEL_KEYS if keys.get(k)), None)
-    brain = next((keys[k] for k in _BRAIN_KEYS if keys.get(k)), None)
-    case_id = next((str(keys[k]) for k in _ID_KEYS if keys.get(k)), "")
-    return Case(
-        case_id=case_id,
-        images=images,
-        label=_resolve(root, label, where) if label else None,
-        brainmask=_resolve(root, brain, where) if brain else None,
-    )
-
-
-def _resolve(root: Path, value: Any, where: str) -> Path:
-    path = Path(str(value))
-    path = path if path.is_absolute() else root / path
-    if not path.exists():
-        raise AmecamError(f"{where}: {path}: no such file")
-    return path
+    try:  # the bundle's reader, so that amecam and configs/evaluate.yaml read a datalist alike
+        entries = read_datalist(path, modalities)
+    except (OSError, ValueError) as exc:
+        raise AmecamError(str(exc)) from exc
+    return [Case(case_id=e["case"], images=e["images"], label=e["label"], brainmask=e["brainmask"]) for e in entries]
 
 
 def _parse_pattern(pattern: str | Mapping[str, str], modalities: tuple[str, ...]) -> dict[str, str]:
@@ -364,7 +307,7 @@ def _from_pattern(root: Path, modalities: tuple[str, ...], pattern: str | Mappin
         if missing:
             raise AmecamError(f"{files[missing[0]]}: no such file (case {case_id}, modality {missing[0]})")
         label = files.get("label")
-        brain = next((files[k] for k in _BRAIN_KEYS if k in files), None)
+        brain = next((files[k] for k in BRAIN_KEYS if k in files), None)
         cases.append(
             Case(
                 case_id=case_id,

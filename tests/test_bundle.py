@@ -289,12 +289,11 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
     import json
 
     from amecam_bundle.scripts import evaluate
+    from amecam_bundle.scripts.datalist import read_datalist
     from amecam_bundle.scripts.inference import VolumePredictor
     from amecam_bundle.scripts.networks import AMECAMNet
     from amecam_cli import cases as toolkit
 
-    assert (toolkit._LABEL_KEYS, toolkit._BRAIN_KEYS, toolkit._ID_KEYS, toolkit.BRATS2023_NAMES) == (
-        evaluate.LABEL_KEYS, evaluate.BRAIN_KEYS, evaluate.ID_KEYS, evaluate.BRATS2023_NAMES)
     data = tmp_path / "data"
     data.mkdir()
     image, seg = planted_case(seed=6)
@@ -311,10 +310,14 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
         {"ID": "a", "Image": "a_flair.nii.gz", "Seg": "a_seg.nii.gz", "brainmask": "a_brain.nii.gz"},
         {"t2f": "a_flair.nii.gz", "label": "a_seg.nii.gz"},
         {"flair": "a_flair.nii.gz", "case": "c"}]}), encoding="utf-8")  # no label: skipped
-    read = evaluate.read_datalist(listing, ["flair"])
-    known = toolkit.find_cases(listing, ("flair",), require_label=False)
+    read = read_datalist(listing, ["flair"])
     assert [(c["case"], c["images"], c["label"], c["brainmask"]) for c in read] == [
-        (k.case_id, [k.images["flair"]], k.label, k.brainmask) for k in known]
+        ("a", {"flair": data / "a_flair.nii.gz"}, data / "a_seg.nii.gz", data / "a_brain.nii.gz"),
+        ("a_flair", {"flair": data / "a_flair.nii.gz"}, data / "a_seg.nii.gz", None),
+        ("c", {"flair": data / "a_flair.nii.gz"}, None, None)]
+    known = toolkit.find_cases(listing, ("flair",), require_label=False)  # amecam reads it with the same reader
+    assert [(c["case"], c["images"], c["label"], c["brainmask"]) for c in read] == [
+        (k.case_id, k.images, k.label, k.brainmask) for k in known]
     predictor = VolumePredictor(AMECAMNet(in_channels=1), image_size=64, device="cpu")
     out = tmp_path / "dice.json"
     result = evaluate.evaluate_datalist(predictor, str(listing), ["flair"], str(out))
@@ -322,9 +325,9 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
     with pytest.raises(FileExistsError, match="dice.json: output already exists"):
         evaluate.evaluate_datalist(predictor, str(listing), ["flair"], str(out))
     assert evaluate.evaluate_datalist(predictor, str(listing), ["flair"], str(out), overwrite="true") == result
-    bad = [({"testing": [{"t1": "a_flair.nii.gz", "label": "a_seg.nii.gz"}]}, ValueError, "entry 0 has no 'flair' file (keys: t1, label)"),
+    bad = [({"testing": [{"t1": "a_flair.nii.gz", "label": "a_seg.nii.gz"}]}, ValueError, "entry 0: no 'flair' file (keys: t1, label)"),
            ([{"image": "a_flair.nii.gz", "label": "a_seg.nii.gz"}], ValueError, "reads one key per modality, not 'image'"),
-           ([{"flair": "b_flair.nii.gz", "label": "a_seg.nii.gz"}], FileNotFoundError, "b_flair.nii.gz: no such file"),
+           ([{"flair": "b_flair.nii.gz", "label": "a_seg.nii.gz"}], FileNotFoundError, "entry 0: " + str(data / "b_flair.nii.gz") + ": no such file"),
            ([{"flair": "a_flair.nii.gz"}], ValueError, "no entry has a label"),
            ([{"flair": "a_flair.nii.gz", "label": "small_seg.nii.gz"}], ValueError, "small_seg.nii.gz: label has shape"),
            ([{"flair": "nan_flair.nii.gz", "label": "a_seg.nii.gz"}], ValueError, "volume contains 1 NaN or infinite values"),
