@@ -309,7 +309,8 @@ def test_bundle_evaluation_reads_a_datalist_as_amecam_does(tmp_path):
     listing.write_text(json.dumps({"dataroot": "data", "testing": [
         {"ID": "a", "Image": "a_flair.nii.gz", "Seg": "a_seg.nii.gz", "brainmask": "a_brain.nii.gz"},
         {"t2f": "a_flair.nii.gz", "label": "a_seg.nii.gz"},
-        {"flair": "a_flair.nii.gz", "case": "c"}]}), encoding="utf-8")  # no label: skipped
+        {"flair": "a_flair.nii.gz", "case": "c"}],  # no label: skipped
+        "test": ["a_flair.nii.gz"]}), encoding="utf-8")  # a Decathlon-style list of bare images: not cases
     read = read_datalist(listing, ["flair"])
     assert [(c["case"], c["images"], c["label"], c["brainmask"]) for c in read] == [
         ("a", {"flair": data / "a_flair.nii.gz"}, data / "a_seg.nii.gz", data / "a_brain.nii.gz"),

@@ -77,7 +77,8 @@ def read_datalist(datalist: str | Path, modalities: Sequence[str]) -> list[dict]
         root, entries = path.parent, data
     elif isinstance(data, dict):
         root = path.parent / str(data.get("dataroot", data.get("root", ".")))
-        entries = [e for value in data.values() if isinstance(value, list) for e in value]
+        # objects only: a Decathlon dataset.json also lists its unlabelled test images as bare strings
+        entries = [e for value in data.values() if isinstance(value, list) for e in value if isinstance(e, dict)]
     else:
         msg = f"{path}: datalist must be a list of cases or a dict of lists (e.g. 'training'), got {type(data).__name__}"
         raise ValueError(msg)
