@@ -209,7 +209,7 @@ def train(
             brain mask before slicing; the bundle records it and inference does the same (default off).
         fusion: the map the bundle segments with: mean (the paper's mean of the four exit maps and the
             attention map Mf, the default) or attention (Mf alone; better in most runs of
-            docs/benchmarks.md section 8). Training is the same either way: --resume --fusion attention
+            docs/benchmarks.md section 8). Training is the same either way, so --resume --fusion attention
             switches a finished run without retraining.
         slice_labels: CSV of slice-level labels (columns case, slice, label: tumor/normal or 1/0; slice counts along the file's axial axis) for volumes without segmentations; used instead of segmentations where given.
         config: YAML/JSON file of settings (any of the options above).

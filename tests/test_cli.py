@@ -21,7 +21,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-COMMANDS = ("synth", "slice", "train", "infer", "export", "verify", "cam", "crf", "evaluate", "demo")
+COMMANDS = ("synth", "slice", "train", "infer", "export", "verify", "cam", "crf", "evaluate", "train-seg", "explain", "demo")
 
 
 def test_help_lists_every_command(capsys):
@@ -34,6 +34,7 @@ def test_help_lists_every_command(capsys):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_documents_its_arguments(capsys, command):
     import inspect
+    import re
 
     from amecam_cli.cli import _commands
 
@@ -43,6 +44,11 @@ def test_each_command_documents_its_arguments(capsys, command):
     for name in inspect.signature(_commands()[command]).parameters:
         assert name.upper() in text or f"--{name}" in text, (command, name)
     assert "Type: " in text and "Default: " in text
+    # each argument's whole description reaches the screen (Fire's docstring parser cut one at "way: --resume")
+    args = inspect.getdoc(_commands()[command]).split("Args:\n", 1)[1]
+    flat = " ".join(text.split())
+    for name, description in re.findall(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", args, flags=re.M | re.S):
+        assert " ".join(description.split()) in flat, (command, name)
 
 
 def test_version(capsys):
