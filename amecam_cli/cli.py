@@ -51,6 +51,14 @@ def _int(value: object, name: str, *, minimum: int | None = None) -> int:
     return number
 
 
+def _stage(value: object) -> int:
+    """--stage of the gradient baselines, checked whatever the method (a typo must not pass unnoticed)."""
+    number = _int(value, "stage")
+    if not 1 <= number <= 4:
+        raise AmecamError(f"--stage must be 1, 2, 3 or 4, got {number}")
+    return number
+
+
 def _bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise AmecamError(f"--{name} is a switch (give --{name} or --no{name}), got {value!r}")
@@ -371,7 +379,7 @@ def cam(
     if output is None or bundle is None:
         raise AmecamError("cam needs -o MAP and --bundle RUN")
     export_cam(_path(volume, "volume"), _output(output, "output"), _path(bundle, "bundle"), method=str(method),
-               png_dir=_path(png_dir, "png_dir") if png_dir else None, modality=modality, stage=_int(stage, "stage"),
+               png_dir=_path(png_dir, "png_dir") if png_dir else None, modality=modality, stage=_stage(stage),
                budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1),
                device=str(device), overwrite=bool(overwrite))
 
@@ -480,7 +488,7 @@ def evaluate(
     cams, references = validate_evaluation_methods(methods)
     options = EvaluationOptions(
         methods=cams, references=references, reference_level=_float(threshold_level, "threshold_level"),
-        threshold=_float(threshold, "threshold"), crf=bool(crf), stage=_int(stage, "stage"),
+        threshold=_float(threshold, "threshold"), crf=bool(crf), stage=_stage(stage),
         budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1), device=str(device),
     )
     extra = [_path(p.strip(), "extra_bundles") for p in str(extra_bundles).split(",") if p.strip()] if extra_bundles else []

@@ -278,6 +278,18 @@ def test_overwrite_never_destroys_an_input_or_collides(capsys, tmp_path, tiny_bu
     assert not (tmp_path / "m.nii.gz").exists()
 
 
+def test_a_stage_out_of_range_is_refused_whatever_the_method(capsys, tmp_path, tiny_bundle, tiny_dataset):
+    """--stage 7 was refused with --method gradcam but taken silently with the default method (a typo for
+    a gradient baseline's stage would go unnoticed until the row came out the same)."""
+    src = tiny_dataset / "CASE_00" / "CASE_00_flair.nii.gz"
+    for argv in (["cam", str(src), "-o", str(tmp_path / "c.nii.gz"), "--bundle", str(tiny_bundle), "--stage", "7"],
+                 ["evaluate", str(tiny_dataset), "-o", str(tmp_path / "r"), "--bundle", str(tiny_bundle),
+                  "--methods", "amecam", "--stage", "0"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "--stage must be 1, 2, 3 or 4" in err, (argv, err)
+    assert not (tmp_path / "c.nii.gz").exists() and not (tmp_path / "r").exists()
+
+
 def test_evaluate_writes_the_report(capsys, tmp_path, tiny_bundle, tiny_dataset):
     import json
 
