@@ -165,7 +165,7 @@ def slice(  # noqa: A001 - the command is called "slice"
 @SetParseFns(data_dir=str, output_dir=str, modality=str, device=str, pretrain=str, fusion=str, config=str, pattern=str,
              slice_labels=str)
 def train(
-    data_dir: str,
+    data_dir: str | None = None,
     output_dir: str | None = None,
     modality: str | None = None,
     epochs: int | None = None,
@@ -194,11 +194,13 @@ def train(
     Slices the data if needed (into OUTPUT_DIR/slices), runs stage 1 (multi-exit classifier) and stage 2
     (attention aggregation) through the bundle's configs, and leaves configs, scripts, weights
     (models/model.pt, models/model.ts), metadata with the training metrics and the case split, a model
-    card and logs/train.log. A checkpoint is written every epoch; --resume continues after an interruption.
+    card and logs/train.log. A checkpoint is written every epoch; amecam train -o RUN --resume continues after an
+    interruption.
     Unset options come from --config, else the code defaults (shown by the log).
 
     Args:
-        data_dir: dataset folder, datalist .json, or a slice dataset from amecam slice.
+        data_dir: dataset folder, datalist .json, or a slice dataset from amecam slice (first argument; with
+            --resume, default the run's own).
         output_dir: run folder that becomes the bundle (-o).
         modality: modality or comma-separated modalities (flair, t1, t1ce, t2); default flair.
         epochs: stage-1 epochs (default 20).
@@ -222,7 +224,7 @@ def train(
         slice_labels: CSV of slice-level labels (columns case, slice, label: tumor/normal or 1/0; slice counts along the file's axial axis) for volumes without segmentations; used instead of segmentations where given.
         config: YAML/JSON file of settings (any of the options above).
         pattern: naming pattern of the data, see amecam slice (saved with the run: --resume and train-seg reuse it).
-        resume: continue the interrupted run in --output_dir with its saved settings.
+        resume: continue the interrupted run in --output_dir with its saved settings and data.
         overwrite: start again in a non-empty --output_dir.
     """
     from .training import train_bundle
@@ -244,7 +246,7 @@ def train(
         if given[name] is not None:
             given[name] = _int(given[name], name)
     result = train_bundle(
-        _path(data_dir, "data_dir"), _path(output_dir, "output_dir"), settings=given,
+        _path(data_dir, "data_dir") if data_dir is not None else None, _path(output_dir, "output_dir"), settings=given,
         config=_path(config, "config") if config else None, resume=bool(resume), overwrite=bool(overwrite),
     )
     logger.info("trained bundle: %s", result["bundle"])

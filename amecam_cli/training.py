@@ -56,6 +56,8 @@ def detach_run_log(state: tuple) -> None:
         lg.setLevel(level)
     handler.close()
 SETTINGS_FILE = "amecam_train.json"
+#: key of the run's data folder in SETTINGS_FILE (not a setting: it may be given again, and is checked by the slices)
+_DATA_KEY = "data_dir"
 
 
 @dataclass
@@ -270,6 +272,13 @@ def _is_slice_dataset(path: Path) -> bool:
         return json.loads(info.read_text(encoding="utf-8")).get("format") == "amecam-slices"
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def _save_run_settings(output: Path, settings: TrainSettings, data: str | None) -> None:
+    record = settings.as_dict()
+    if data:
+        record[_DATA_KEY] = data
+    (output / "configs" / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _saved_settings(output: Path) -> dict:
@@ -511,7 +520,7 @@ def _write_model_card(root: Path, metadata: dict) -> None:
 
 
 def train_bundle(
-    data: str | os.PathLike,
+    data: str | os.PathLike | None,
     output: str | os.PathLike,
     *,
     settings: dict | None = None,
@@ -524,7 +533,8 @@ def train_bundle(
     """Train AME-CAM on ``data`` and leave a complete bundle in ``output``.
 
     Args:
-        data: dataset folder, datalist JSON or slice dataset (from ``amecam slice``).
+        data: dataset folder, datalist JSON or slice dataset (from ``amecam slice``); None with
+            ``resume``: the data the run was started on.
         output: run folder; becomes the bundle.
         settings: command-line settings (None values = not given), see :class:`TrainSettings`.
         config: optional YAML/JSON settings file.
@@ -537,12 +547,21 @@ def train_bundle(
     """
     import torch
 
-    data, output = Path(data), Path(output)
+    output = Path(output)
+    saved = _saved_settings(output) if resume else None
+    if data is None:  # --resume finds the data the run was started on
+        if saved is None:
+            raise AmecamError("train needs DATA_DIR (a dataset folder, datalist .json or slice dataset)")
+        if not saved.get(_DATA_KEY):
+            raise AmecamError(f"{output}: this run (started before amecam 0.5.10) did not record its data; "
+                              "give DATA_DIR with --resume")
+        data = saved[_DATA_KEY]
+        logger.info("data: %s (saved run)", data)
+    data = Path(data)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")
     if pattern is not None:
         settings = {**(settings or {}), "pattern": pattern}
-    saved = _saved_settings(output) if resume else None
     # every setting is checked before anything is written, so a typo leaves no half-made bundle behind
     resolved = resolve_settings(config=Path(config) if config else None, saved=saved, **(settings or {}))
     cases = labels = None
@@ -554,11 +573,12 @@ def train_bundle(
         _check_configs_take_fusion(output, resolved.fusion)
     if not resume:
         _prepare_run_folder(output, keep=[data], overwrite=overwrite)
-    (output / "configs" / SETTINGS_FILE).write_text(json.dumps(resolved.as_dict(), indent=2) + "\n", encoding="utf-8")
+    _save_run_settings(output, resolved, (saved or {}).get(_DATA_KEY))
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)
     try:
         slices, dataset_info = _slice_if_needed(data, output, resolved, cases, labels)
+        _save_run_settings(output, resolved, str(data.resolve()))  # the data matched the run's slices: --resume alone finds it
         metadata = read_metadata(output)
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
         metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}

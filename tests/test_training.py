@@ -104,7 +104,7 @@ def test_resume_continues_after_the_last_checkpoint(tmp_path):
     for name in ("stage1.json", "stage2.json", "model.pt", "model.ts"):
         (run / "models" / name).unlink()
     (run / "models" / "checkpoints" / "stage2.pt").unlink()
-    train_bundle(data, run, resume=True, progress=False)
+    train_bundle(None, run, resume=True, progress=False)  # the run finds its own data (amecam train -o RUN --resume)
     after = json.loads((run / "models" / "stage1.json").read_text(encoding="utf-8"))["history"]
     assert len(after) == 2
     assert after[0] == before[0]  # epoch 1 was not trained again
@@ -112,6 +112,22 @@ def test_resume_continues_after_the_last_checkpoint(tmp_path):
     assert (run / "models" / "model.pt").is_file()
     with pytest.raises(AmecamError, match="--image_size 96 differs from the run being resumed"):
         train_bundle(data, run, settings={"image_size": 96}, resume=True, progress=False)
+    # other data is refused by the slices, and the run keeps the data it was started on
+    other = tmp_path / "other"
+    for i in range(4):
+        write_brats_case(other, f"D{i}", seed=10 + i)
+    with pytest.raises(AmecamError, match="holds slices of another set of cases"):
+        train_bundle(other, run, resume=True, progress=False)
+    assert json.loads((run / "configs" / "amecam_train.json").read_text(encoding="utf-8"))["data_dir"] == str(data.resolve())
+    # a run saved before the data was recorded needs DATA_DIR again, and a new run always does
+    saved = json.loads((run / "configs" / "amecam_train.json").read_text(encoding="utf-8"))
+    del saved["data_dir"]
+    (run / "configs" / "amecam_train.json").write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(AmecamError, match="did not record its data; give DATA_DIR with --resume"):
+        train_bundle(None, run, resume=True, progress=False)
+    with pytest.raises(AmecamError, match="train needs DATA_DIR"):
+        train_bundle(None, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_dataset):
@@ -297,7 +313,9 @@ def test_resume_with_fusion_attention_switches_a_finished_bundle_to_mf_without_r
     x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     before = compute_maps(open_bundle(run).network, x, ("amecam", "attention"))
     assert not torch.allclose(before["amecam"], before["attention"], atol=1e-3)  # the two fusions differ here
-    train_bundle(tiny_bundle.parent / "data", run, settings={"fusion": "attention"}, resume=True, progress=False)
+    from amecam_cli.cli import main
+
+    assert main(["train", "-o", str(run), "--resume", "--fusion", "attention"]) == 0  # the run's own data, as the help says
     assert (run / "models" / "model.pt").read_bytes() == weights  # nothing retrained
     metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["network_args"]["fusion"] == "attention"
