@@ -508,16 +508,16 @@ def train_seg(
     bundle: str | None = None,
     data_dir: str | None = None,
     output_dir: str | None = None,
-    epochs: int = 20,
+    epochs: int | None = None,
     image_size: int | None = None,
-    batch_size: int = 16,
-    learning_rate: float = 1e-3,
-    device: str = "auto",
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    device: str | None = None,
     seed: int | None = None,
-    supervised: bool = False,
-    crf: bool = False,
-    uncertainty_margin: float = 0.1,
-    uncertainty_weight: float = 0.2,
+    supervised: bool | None = None,
+    crf: bool | None = None,
+    uncertainty_margin: float | None = None,
+    uncertainty_weight: float | None = None,
     slice_labels: str | None = None,
     pattern: str | None = None,
     resume: bool = False,
@@ -532,34 +532,41 @@ def train_seg(
     --supervised the expert masks are used instead: the fully supervised upper bound (marked as such).
 
     Args:
-        bundle: the trained AME-CAM bundle (folder or zip) that makes the pseudo-labels.
-        data_dir: dataset folder, datalist .json or slice dataset (the AME-CAM training data).
+        bundle: the trained AME-CAM bundle (folder or zip) that makes the pseudo-labels (with --resume, default the run's).
+        data_dir: dataset folder, datalist .json or slice dataset (the AME-CAM training data; with --resume, default the run's).
         output_dir: run folder that becomes the segmentation bundle (-o).
         epochs: training epochs (default 20).
         image_size: slice side (default: the AME-CAM bundle's).
-        batch_size: slices per batch.
-        learning_rate: Adam learning rate.
-        device: auto, cpu or cuda.
+        batch_size: slices per batch (default 16).
+        learning_rate: Adam learning rate (default 0.001).
+        device: auto, cpu or cuda (default auto).
         seed: seed (default: the AME-CAM run's, which keeps its case split).
-        supervised: train on the expert masks instead (fully supervised upper bound).
-        crf: refine the pseudo-labels with DenseCRF.
-        uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain.
-        uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting).
+        supervised: train on the expert masks instead (fully supervised upper bound; default off).
+        crf: refine the pseudo-labels with DenseCRF (default off).
+        uncertainty_margin: pseudo-label pixels whose map is within this distance of 0.5 count as uncertain (default 0.1).
+        uncertainty_weight: cross-entropy weight of uncertain pixels (1 = no down-weighting; default 0.2).
         slice_labels: CSV of slice labels for data without segmentations (default: the CSV the AME-CAM bundle was trained with, if any, except with --supervised), see amecam train.
         pattern: naming pattern of the data, see amecam slice (default: the AME-CAM run's, else the standard layouts).
-        resume: continue an interrupted run in --output_dir.
+        resume: continue an interrupted run in --output_dir with its saved settings, bundle and data
+            (amecam train-seg -o SEGRUN --resume).
         overwrite: start again in a non-empty --output_dir.
     """
     from .segmentation import train_segmentation
 
-    if bundle is None or data_dir is None or output_dir is None:
-        raise AmecamError("train-seg needs --bundle RUN, --data_dir DIR and --output_dir SEGRUN")
+    if output_dir is None or (not resume and (bundle is None or data_dir is None)):
+        raise AmecamError("train-seg needs --bundle RUN, --data_dir DIR and --output_dir SEGRUN (with --resume, --output_dir alone)")
+
+    def given(value, convert, *args, **kwargs):
+        return None if value is None else convert(value, *args, **kwargs)
+
     train_segmentation(
-        _path(bundle, "bundle"), _path(data_dir, "data_dir"), _path(output_dir, "output_dir"), epochs=_int(epochs, "epochs", minimum=1),
-        image_size=None if image_size is None else _int(image_size, "image_size"), batch_size=_int(batch_size, "batch_size", minimum=2),
-        learning_rate=_float(learning_rate, "learning_rate"), device=str(device), seed=None if seed is None else _int(seed, "seed", minimum=0),
-        supervised=bool(supervised), crf=bool(crf), uncertainty_margin=_float(uncertainty_margin, "uncertainty_margin"),
-        uncertainty_weight=_float(uncertainty_weight, "uncertainty_weight"), pattern=pattern, slice_labels=None if slice_labels is None else str(slice_labels), resume=bool(resume), overwrite=bool(overwrite),
+        given(bundle, _path, "bundle"), given(data_dir, _path, "data_dir"), _path(output_dir, "output_dir"),
+        epochs=given(epochs, _int, "epochs", minimum=1), image_size=given(image_size, _int, "image_size"),
+        batch_size=given(batch_size, _int, "batch_size", minimum=2), learning_rate=given(learning_rate, _float, "learning_rate"),
+        device=given(device, str), seed=given(seed, _int, "seed", minimum=0), supervised=given(supervised, _bool, "supervised"),
+        crf=given(crf, _bool, "crf"), uncertainty_margin=given(uncertainty_margin, _float, "uncertainty_margin"),
+        uncertainty_weight=given(uncertainty_weight, _float, "uncertainty_weight"), pattern=given(pattern, str),
+        slice_labels=given(slice_labels, str), resume=bool(resume), overwrite=bool(overwrite),
     )
 
 

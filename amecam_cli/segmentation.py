@@ -23,7 +23,7 @@ from . import __version__
 from .bundle import instantiate_network, monai_run_command, open_bundle, read_metadata, write_metadata
 from .errors import AmecamError
 from .training import (
-    TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
+    _DATA_KEY, TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
     attach_run_log, detach_run_log, export_torchscript, run_config,
 )
 
@@ -89,66 +89,108 @@ def _read_manifest(slices: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _resume_inputs(output: Path, saved: dict, bundle_path, data) -> tuple:
+    """The AME-CAM bundle and data of the train-seg run being resumed: the saved ones, or the same ones given again."""
+    source = saved.get("source_bundle")
+    if bundle_path is None:
+        if not source:
+            raise AmecamError(f"{output}: this run did not record its AME-CAM bundle; give --bundle with --resume")
+        bundle_path = source
+    elif source and str(Path(bundle_path).resolve()) != source:
+        raise AmecamError(f"--bundle {bundle_path} is not the AME-CAM bundle of the run being resumed ({source})")
+    if data is None:
+        if not saved.get(_DATA_KEY):
+            raise AmecamError(f"{output}: this run (started before amecam 0.5.10) did not record its data; "
+                              "give --data_dir with --resume")
+        data = saved[_DATA_KEY]
+        logger.info("data: %s (saved run)", data)
+    return bundle_path, data
+
+
+#: train-seg's option defaults (None in the signature means "not given", so --resume can tell a contradiction)
+SEG_DEFAULTS = {"epochs": 20, "batch_size": 16, "learning_rate": 1e-3, "device": "auto", "supervised": False, "crf": False,
+                "uncertainty_margin": 0.1, "uncertainty_weight": 0.2}
+
+
 def train_segmentation(
-    bundle_path: str | Path,
-    data: str | Path,
+    bundle_path: str | Path | None,
+    data: str | Path | None,
     output: str | Path,
     *,
-    epochs: int = 20,
+    epochs: int | None = None,
     image_size: int | None = None,
-    batch_size: int = 16,
-    learning_rate: float = 1e-3,
-    device: str = "auto",
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    device: str | None = None,
     seed: int | None = None,
-    supervised: bool = False,
-    crf: bool = False,
-    uncertainty_margin: float = 0.1,
-    uncertainty_weight: float = 0.2,
+    supervised: bool | None = None,
+    crf: bool | None = None,
+    uncertainty_margin: float | None = None,
+    uncertainty_weight: float | None = None,
     pattern: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     slice_labels: str | None = None,
 ) -> dict:
-    """Train the segmentation bundle in ``output`` from the AME-CAM bundle ``bundle_path``; see the module docs."""
+    """Train the segmentation bundle in ``output`` from the AME-CAM bundle ``bundle_path``; see the module docs.
+
+    Options left None take :data:`SEG_DEFAULTS` (or the AME-CAM run's); with ``resume`` they take the
+    interrupted run's, ``bundle_path`` and ``data`` may be None (the run's own), and a given value that
+    contradicts the run is refused (``device`` may change).
+    """
     import torch
 
-    source = open_bundle(bundle_path, device=device)
+    output = Path(output)
+    given = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size, "learning_rate": learning_rate,
+             "device": device, "seed": seed, "supervised": supervised, "crf": crf, "uncertainty_margin": uncertainty_margin,
+             "uncertainty_weight": uncertainty_weight, "pattern": pattern,
+             "slice_labels": None if slice_labels is None else str(Path(slice_labels).expanduser().resolve())}
+    saved = _saved_settings(output) if resume else None
+    if saved is not None:
+        bundle_path, data = _resume_inputs(output, saved, bundle_path, data)
+    elif bundle_path is None or data is None:
+        raise AmecamError("train-seg needs --bundle RUN, --data_dir DIR and --output_dir SEGRUN")
+    options = {**SEG_DEFAULTS, **(saved or {}), **{k: v for k, v in given.items() if v is not None}}
+    source = open_bundle(bundle_path, device=options["device"])
     if source.kind != "amecam":
         raise AmecamError(f"{bundle_path}: train-seg needs an AME-CAM bundle to make pseudo-labels from (this is a {source.kind} bundle)")
-    if epochs < 1:
-        raise AmecamError(f"--epochs must be >= 1, got {epochs}")
-    if not 0 <= uncertainty_margin < 0.5:
-        raise AmecamError(f"--uncertainty_margin must be in [0, 0.5), got {uncertainty_margin}")
-    if not 0 <= uncertainty_weight <= 1:
-        raise AmecamError(f"--uncertainty_weight must be in [0, 1], got {uncertainty_weight}")
-    if not math.isfinite(learning_rate) or learning_rate <= 0:
-        raise AmecamError(f"--learning_rate must be a number > 0, got {learning_rate}")
+    if options["epochs"] < 1:
+        raise AmecamError(f"--epochs must be >= 1, got {options['epochs']}")
+    if not 0 <= options["uncertainty_margin"] < 0.5:
+        raise AmecamError(f"--uncertainty_margin must be in [0, 0.5), got {options['uncertainty_margin']}")
+    if not 0 <= options["uncertainty_weight"] <= 1:
+        raise AmecamError(f"--uncertainty_weight must be in [0, 1], got {options['uncertainty_weight']}")
+    if not math.isfinite(options["learning_rate"]) or options["learning_rate"] <= 0:
+        raise AmecamError(f"--learning_rate must be a number > 0, got {options['learning_rate']}")
     if seed is not None and seed < 0:
         raise AmecamError(f"--seed must be >= 0, got {seed}")
-    data, output = Path(data), Path(output)
+    data = Path(data)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")
     training = source.metadata.get("amecam_training", {})
     base = dict(training.get("settings", {}))
-    saved = _saved_settings(output) if resume else None
     if saved is None:
-        if slice_labels is not None:
-            slice_labels = str(Path(slice_labels).expanduser().resolve())
         settings = {
-            "modalities": list(source.modalities), "image_size": int(image_size or source.image_size), "epochs": int(epochs),
-            "batch_size": int(batch_size), "learning_rate": float(learning_rate), "device": str(device),
-            "seed": int(seed if seed is not None else base.get("seed", 0)), "supervised": bool(supervised), "crf": bool(crf),
-            "uncertainty_margin": float(uncertainty_margin), "uncertainty_weight": float(uncertainty_weight),
+            "modalities": list(source.modalities), "image_size": int(image_size or source.image_size), "epochs": int(options["epochs"]),
+            "batch_size": int(options["batch_size"]), "learning_rate": float(options["learning_rate"]), "device": str(options["device"]),
+            "seed": int(seed if seed is not None else base.get("seed", 0)), "supervised": bool(options["supervised"]),
+            "crf": bool(options["crf"]), "uncertainty_margin": float(options["uncertainty_margin"]),
+            "uncertainty_weight": float(options["uncertainty_weight"]),
             "val_fraction": float(base.get("val_fraction", 0.2)), "min_tumor_fraction": float(base.get("min_tumor_fraction", 0.01)),
             "ambiguous": base.get("ambiguous", "exclude"), "skull_strip": bool(source.strip_skull),
             # the AME-CAM run's CSV, unless the expert masks are there to be used (--supervised)
-            "slice_labels": slice_labels or (None if supervised else base.get("slice_labels")),
+            "slice_labels": given["slice_labels"] or (None if options["supervised"] else base.get("slice_labels")),
             "pattern": pattern if pattern is not None else base.get("pattern"),
             "source_bundle": str(Path(bundle_path).resolve()),
         }
     else:
-        settings = saved
+        for key, value in given.items():
+            if value is not None and key != "device" and value != saved.get(key):
+                raise AmecamError(f"--{key} {value!r} differs from the run being resumed ({saved.get(key)!r}); "
+                                  "resume with the same settings or start a new run")
+        settings = {**saved, "device": str(options["device"])}
+        settings.pop(_DATA_KEY, None)
     for name in ("image_size",):
         if settings[name] % 16 or settings[name] < 32:
             raise AmecamError(f"--image_size must be a multiple of 16 and >= 32 for the U-Net, got {settings[name]}")
@@ -176,6 +218,9 @@ def train_segmentation(
     log_state = attach_run_log(output)
     try:
         slices, dataset_info = _slice_if_needed(data, output, slice_settings, cases, labels)
+        # the data matched the run's slices: --resume alone finds it again
+        (output / "configs" / "amecam_train.json").write_text(
+            json.dumps({**settings, _DATA_KEY: str(data.resolve())}, indent=2) + "\n", encoding="utf-8")
         source_split = training.get("split", {})
         if source_split and dataset_info.get("split") and any(source_split.get(c) not in (None, s) for c, s in dataset_info["split"].items()):
             logger.warning("the case split differs from the AME-CAM bundle's: validation cases may have been seen by AME-CAM")

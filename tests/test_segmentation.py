@@ -143,3 +143,36 @@ def test_supervised_upper_bound_uses_masks(tmp_path, tiny_bundle):
     meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["amecam_training"]["labels"] == "masks" and "upper bound" in meta["name"]
     assert not (out / "slices" / "pseudo").exists()
+
+
+def test_resume_continues_with_the_runs_own_bundle_data_and_settings(seg_bundle, tiny_bundle, tmp_path, capsys):
+    """amecam train-seg -o SEGRUN --resume continues an interrupted run; it once needed the bundle and data again,
+    and took other options without a word (--epochs 5 on resume was ignored)."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "segrun"
+    shutil.copytree(seg_bundle, run)
+    checkpoint = run / "models" / "checkpoints" / "seg.pt"
+    state = torch.load(checkpoint, weights_only=False)  # roll back to "interrupted after epoch 1"
+    state["epoch"], state["history"] = 0, state["history"][:1]
+    state["best"] = {"dice": state["history"][0]["val_dice"], "epoch": 1}
+    torch.save(state, checkpoint)
+    for name in ("seg.json", "model.pt", "model.ts"):
+        (run / "models" / name).unlink()
+    metadata = (run / "configs" / "metadata.json").read_text(encoding="utf-8")
+    for argv, message in ((["--epochs", "5"], "--epochs 5 differs from the run being resumed (2)"),
+                          (["--bundle", str(seg_bundle)], "is not the AME-CAM bundle of the run being resumed"),
+                          (["--supervised"], "--supervised True differs from the run being resumed (False)")):
+        assert main(["train-seg", "-o", str(run), "--resume", *argv]) == 2
+        assert message in capsys.readouterr().err, argv
+    assert (run / "configs" / "metadata.json").read_text(encoding="utf-8") == metadata  # refused before anything was written
+    assert main(["train-seg", "-o", str(run), "--resume", "--device", "cpu"]) == 0, capsys.readouterr().err
+    history = json.loads((run / "models" / "seg.json").read_text(encoding="utf-8"))["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[0] == state["history"][0]  # epoch 1 was not trained again
+    assert "seg: resuming after epoch 1" in (run / "logs" / "train.log").read_text(encoding="utf-8")
+    assert (run / "models" / "model.ts").is_file()
+    # a new run still needs the bundle and the data
+    assert main(["train-seg", "-o", str(tmp_path / "new"), "--bundle", str(tiny_bundle)]) == 2
+    assert "train-seg needs --bundle RUN, --data_dir DIR" in capsys.readouterr().err and not (tmp_path / "new").exists()
