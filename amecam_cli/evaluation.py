@@ -5,8 +5,10 @@ Protocols (all on the original voxel grid of each case, distances in mm from its
 * **slice level** (the AME-CAM paper's Table 1): every axial slice of every evaluated case whose whole
   tumour covers more than 1% of the slice; the method's map thresholded inside the brain; no discard
   list, no classifier gating (the question is how good the map is where there is a tumour).
-* **volume level**: per case, the 3-D mask made of every slice's mask, where slices the classifier calls
-  normal are empty (``volume``); also without that gating (``volume_ungated``).
+* **volume level**: per case, the 3-D mask the method's own pipeline writes (``volume``): for the maps of the
+  AME-CAM classifier (its CAM rows and baselines), slices the classifier calls normal are empty, as in
+  ``amecam infer``; a segmentation bundle's mask and the training-free rows as they are (before 0.5.10 these
+  were gated by the AME-CAM classifier too). Also every row without gating (``volume_ungated``).
 * the classifier's slice AUC over all labelled brain slices (tumour vs normal; ambiguous ones left out).
 
 HD95 uses the amecam empty-mask convention (nan, counted in ``n_hd95``) and, as ``hd95_paper``, the
@@ -344,7 +346,9 @@ def _evaluate_case(case, context: _CaseContext, *, with_qualitative: bool) -> di
                 row = _slice_metrics(mask[:, :, z], loaded.label[:, :, z], spacing[:2])
                 result["slice_rows"][name].append(row)
                 result["per_slice"].append({"method": name, "case": case.case_id, "z": z, **{k: row[k] for k in ("dice", "iou", "hd95")}})
-            gated = mask & gate[None, None, :]
+            # the mask the method's own pipeline writes: maps of the AME-CAM classifier are gated by it, as amecam
+            # infer gates them; a segmentation bundle's mask and a training-free row are not (nothing of AME-CAM's there)
+            gated = mask & gate[None, None, :] if method in context.methods_from_cams else mask
             result["volume_rows"][name] = {"case": case.case_id, **_slice_metrics(gated, loaded.label, spacing)}
             result["ungated_rows"][name] = {"case": case.case_id, **_slice_metrics(mask, loaded.label, spacing)}
     if tumour_slices and with_qualitative:
@@ -401,12 +405,12 @@ def evaluate(
         raise AmecamError(f"--threshold must be in [0, 1], got {options.threshold}")
     bundle = open_bundle(bundle_path, device=options.device)
     segmentation = [open_bundle(p, device=options.device) for p in extra_bundles or []]
-    if bundle.kind == "segmentation":  # its AME-CAM source, when still there, gives the CAM rows and the gating
+    if bundle.kind == "segmentation":  # its AME-CAM source, when still there, gives the CAM rows (gated by its classifier)
         segmentation.insert(0, bundle)
         source = bundle.metadata.get("amecam_training", {}).get("source_bundle")
         bundle = open_bundle(source, device=options.device) if source and (Path(source) / "models" / "model.pt").is_file() else None
         if bundle is None:
-            logger.warning("the AME-CAM bundle this U-Net came from is not available: no CAM rows, gating by the U-Net itself")
+            logger.warning("the AME-CAM bundle this U-Net came from is not available: no CAM rows")
     methods_from_cams = tuple(options.methods) if bundle is not None else ()
     reference = bundle if bundle is not None else segmentation[0]
     for other in segmentation:
@@ -503,7 +507,9 @@ def evaluate(
         "extra_bundles": {segmentation_row_name(b): str(b.root) for b in segmentation},
         "bundle_training": reference.metadata.get("amecam_training", {}).get("settings", {}),
         "fusion": bundle.metadata.get("network_args", {}).get("fusion", "mean") if bundle is not None else None,
-        "gating": "AME-CAM classifier (deepest exit)" if bundle is not None else "the U-Net's own slice maximum",
+        # volume level: which rows are gated by the AME-CAM classifier, and which score their own mask as it is
+        "gating": {"by": "AME-CAM classifier (deepest exit)" if bundle is not None else None, "gated": [m for m in variants if m.split("+")[0] in methods_from_cams],
+                   "own": [m for m in variants if m.split("+")[0] not in methods_from_cams]},
         "command": command,
         "versions": _versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -605,9 +611,11 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
         f"{report['n_cases']} cases, {report['n_slices']} tumour slices (whole tumour > 1% of the slice), "
         f"threshold {report['threshold']}. Classifier slice AUC {report['classifier_slice_auc']:.3f}.",
         "",
-        "Slice level: every tumour slice, no classifier gating. Volume level: 3-D per case, slices the "
-        "classifier calls normal are empty. Mean ± standard deviation; HD95 over the predictions that are "
-        "not empty (see `report.json` for counts and the paper's 373.13 convention).",
+        "Slice level: every tumour slice, no classifier gating. Volume level: 3-D per case, the mask each "
+        "method's own pipeline writes: for the maps of the AME-CAM classifier, slices it calls normal are empty "
+        "(as in amecam infer); segmentation bundles and the rows without training are not gated. Mean ± standard "
+        "deviation; HD95 over the predictions that are not empty (see `report.json` for counts and the paper's "
+        "373.13 convention).",
         *_unit_note(report),
         *_seen_note(report),
         "",

@@ -70,6 +70,30 @@ def test_infer_and_evaluate_take_the_seg_bundle(tmp_path, seg_bundle, tiny_datas
     assert report["methods"]["unet_pseudo"]["slice"]["n"] == report["methods"]["amecam"]["slice"]["n"] > 0
 
 
+def test_volume_rows_score_the_mask_each_bundles_own_inference_writes(tmp_path, seg_bundle, tiny_bundle, tiny_dataset, capsys):
+    """The volume level once gated every row by the AME-CAM classifier, the U-Net rows and the training-free
+    threshold too, so their 'Volume Dice' was of a mask no command writes (0.500 against the 0.269 of
+    amecam infer --bundle SEGRUN on BraTS2021_00006). Each row now scores what its own pipeline writes."""
+    from amecam_cli.metrics import dice
+
+    code = main(["evaluate", "--data_dir", str(tiny_dataset), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "r"),
+                 "--methods", "amecam,threshold", "--extra_bundles", str(seg_bundle), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    for bundle, row in ((tiny_bundle, "amecam"), (seg_bundle, "unet_pseudo")):
+        out = tmp_path / f"masks_{row}"
+        assert main(["infer", str(tiny_dataset), "-o", f"{out}/", "--bundle", str(bundle), "--device", "cpu"]) == 0
+        for entry in report["per_case"][row]:
+            truth = np.asanyarray(nib.load(str(tiny_dataset / entry["case"] / f"{entry['case']}_seg.nii.gz")).dataobj) > 0
+            mask = np.asanyarray(nib.load(str(out / f"{entry['case']}_mask.nii.gz")).dataobj) > 0
+            assert entry["dice"] == pytest.approx(dice(mask, truth), abs=1e-6), (row, entry["case"])
+    for row in ("unet_pseudo", "threshold"):  # nothing of AME-CAM's in these rows
+        assert report["methods"][row]["volume"] == report["methods"][row]["volume_ungated"], row
+    assert report["gating"]["gated"] == ["amecam"] and set(report["gating"]["own"]) == {"threshold", "unet_pseudo"}
+    text = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "segmentation bundles and the rows without training are not gated" in text
+
+
 def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
     image, _ = planted_case(seed=4)
     src = save_nifti(tmp_path / "v_flair.nii.gz", image.astype(np.int16))
