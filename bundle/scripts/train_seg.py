@@ -115,8 +115,9 @@ class SegmentationTrainer(_Stage):
             self.network = self.network.to(memory_format=torch.channels_last)
         optimizer, scheduler, history, best, start, _ = self._optimiser(
             self.network.parameters(), {"network": self.network}, {"dice": -1.0, "epoch": -1})
-        logger.info("segmentation (%s labels): %d train / %d val slices, %d epochs, device %s",
-                    self.label_source, len(train), len(val), self.epochs, self.device)
+        labels = "expert masks" if self.label_source == "masks" else "pseudo-labels"  # the log said "(masks labels)"
+        logger.info("segmentation on %s: %d train / %d val slices, %d epochs, device %s",
+                    labels, len(train), len(val), self.epochs, self.device)
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, 300 + epoch])
             generator = torch.Generator().manual_seed(self.seed * 1000 + 300 + epoch)
@@ -150,8 +151,8 @@ class SegmentationTrainer(_Stage):
             if score > best["dice"] or best["epoch"] < 0:
                 best = {"dice": score, "epoch": epoch + 1}
                 _save(self.network.state_dict(), self.model_path)
-            logger.info("segmentation epoch %d/%d: loss %.4f, val Dice %.3f (%s labels), %.1f slices/s%s",
-                        epoch + 1, self.epochs, record["train_loss"], val_dice, self.label_source,
+            logger.info("segmentation epoch %d/%d: loss %.4f, val Dice %.3f against the %s, %.1f slices/s%s",
+                        epoch + 1, self.epochs, record["train_loss"], val_dice, labels,
                         record["train_slices_per_s"], " (best)" if best["epoch"] == epoch + 1 else "")
             _save({"epoch": epoch, "network": self.network.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
