@@ -408,9 +408,17 @@ def evaluate(
     if bundle.kind == "segmentation":  # its AME-CAM source, when still there, gives the CAM rows (gated by its classifier)
         segmentation.insert(0, bundle)
         source = bundle.metadata.get("amecam_training", {}).get("source_bundle")
-        bundle = open_bundle(source, device=options.device) if source and (Path(source) / "models" / "model.pt").is_file() else None
+        bundle, why = None, "not recorded"
+        if source and Path(source).exists():  # a folder or an exported zip
+            try:
+                bundle = open_bundle(source, device=options.device)
+            except AmecamError as exc:
+                why = str(exc)
+        elif source:
+            why = "no such file or folder"
         if bundle is None:
-            logger.warning("the AME-CAM bundle this U-Net came from is not available: no CAM rows")
+            logger.warning("the AME-CAM bundle this U-Net came from (%s) is not available (%s): no %s rows",
+                           source, why, ", ".join(options.methods) or "CAM")
     methods_from_cams = tuple(options.methods) if bundle is not None else ()
     reference = bundle if bundle is not None else segmentation[0]
     for other in segmentation:

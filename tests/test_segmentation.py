@@ -94,6 +94,32 @@ def test_volume_rows_score_the_mask_each_bundles_own_inference_writes(tmp_path, 
     assert "segmentation bundles and the rows without training are not gated" in text
 
 
+def test_evaluate_finds_the_source_bundle_of_a_unet_also_when_it_was_a_zip(tmp_path, seg_bundle, tiny_bundle, tiny_dataset, capsys):
+    """A U-Net trained from an exported AME-CAM zip gave no AME-CAM rows ("not available"): only a folder was looked for."""
+    import shutil
+
+    zipped = tmp_path / "amecam.zip"
+    assert main(["export", str(tiny_bundle), "-o", str(zipped)]) == 0
+    run = tmp_path / "segrun"
+    shutil.copytree(seg_bundle, run)
+    meta_path = run / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["amecam_training"]["source_bundle"] = meta["amecam_training"]["settings"]["source_bundle"] = str(zipped)
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["evaluate", str(tiny_dataset), "--bundle", str(run), "-o", str(tmp_path / "r"), "--methods", "amecam",
+                 "--device", "cpu"]) == 0
+    assert "not available" not in capsys.readouterr().err
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert set(report["methods"]) == {"amecam", "unet_pseudo"}
+    # a source that is gone is named, with the rows that are left out
+    zipped.unlink()
+    assert main(["evaluate", str(tiny_dataset), "--bundle", str(run), "-o", str(tmp_path / "r2"), "--methods", "amecam",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"the AME-CAM bundle this U-Net came from ({zipped}) is not available" in err and "no amecam rows" in err
+
+
 def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
     image, _ = planted_case(seed=4)
     src = save_nifti(tmp_path / "v_flair.nii.gz", image.astype(np.int16))
