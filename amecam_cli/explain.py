@@ -207,7 +207,7 @@ def explain_volume(
     explainer = SegCAM(network, dict(network.named_modules())[layer], class_index=class_index, hires=method == "seg-hirescam")
     size = bundle.image_size
     x0, x1, y0, y1 = prepared.box
-    maps, n_pixels = [], 0
+    maps, explained, n_pixels = [], [], 0
     for start in range(0, len(zs), batch_size):
         x = slices[start : start + batch_size].to(torch_device)
         if kind == "image":
@@ -221,6 +221,7 @@ def explain_volume(
             chosen = torch.zeros(x.shape[0], size, size, dtype=torch.bool, device=torch_device)
             chosen[:, u, v] = True
         n_pixels += int(chosen.sum())
+        explained.append(chosen.float().cpu())
         maps.append(explainer(x, chosen).cpu())
     heat = np.zeros(shape, dtype=np.float32)
     if zs:
@@ -229,8 +230,13 @@ def explain_volume(
     write_volume(job.mask_path, from_canonical(heat, loaded.orientation), loaded.props, overwrite=overwrite)
     result = {"map": str(job.mask_path), "method": method, "layer": layer, "pixels": pixels, "explained_pixels": n_pixels,
               "slices": len(zs)}
-    if png_dir:
-        result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, png_path,
+    if png_dir:  # the explained pixels are drawn: the point's cross, or the predicted tumour's contour
+        pixel_set = None
+        if kind == "predicted" and zs:
+            pixel_set = np.zeros(shape, dtype=bool)
+            pasted = paste_slices(torch.cat(explained), prepared.box, shape[:2])
+            pixel_set[:, :, zs] = np.moveaxis(pasted.numpy() >= 0.5, 0, -1) & prepared.brain[:, :, zs]
+        result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, png_path, mask=pixel_set, point=point,
                                             title=f"{job.case.case_id}: {method} ({pixels}, layer {layer})"))
     logger.info("%s of %s (%s, layer %s, %d pixels) -> %s", method, job.case.case_id, pixels, layer, n_pixels, job.mask_path)
     return result

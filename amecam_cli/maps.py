@@ -31,13 +31,15 @@ def montage_path(png_dir: str | Path | None, case_id: str, method: str, *, overw
 
 
 def overlay_montage(image: np.ndarray, heat: np.ndarray, path: Path, *, title: str, mask: np.ndarray | None = None,
-                    max_slices: int = 16) -> Path:
+                    point: tuple[int, int, int] | None = None, max_slices: int = 16) -> Path:
     """PNG montage of the slices where ``heat`` is highest: the image with the map in colour on top.
 
     Args:
         image: ``(x, y, z)`` grey image in [0, 1] (canonical orientation).
         heat: ``(x, y, z)`` map in [0, 1].
-        mask: optional ``(x, y, z)`` mask drawn as a contour (e.g. tumour slices of a prediction).
+        mask: optional ``(x, y, z)`` mask drawn as a contour (e.g. tumour slices of a prediction); the
+            montage shows the slices it covers.
+        point: optional ``(x, y, z)`` voxel (canonical) marked with a cross; the montage is its slice alone.
     """
     import matplotlib
 
@@ -46,13 +48,19 @@ def overlay_montage(image: np.ndarray, heat: np.ndarray, path: Path, *, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = np.flatnonzero(mask.any(axis=(0, 1))) if mask is not None and mask.any() else np.argsort(heat.max(axis=(0, 1)))[::-1]
+    if point is not None:
+        chosen = np.array([int(point[2])])
+    elif mask is not None and mask.any():
+        chosen = np.flatnonzero(mask.any(axis=(0, 1)))
+    else:
+        chosen = np.argsort(heat.max(axis=(0, 1)))[::-1]
     if len(chosen) > max_slices:
         chosen = chosen[np.linspace(0, len(chosen) - 1, max_slices).round().astype(int)]
     chosen = sorted(int(z) for z in chosen[:max_slices])
     columns = min(4, len(chosen)) or 1
     rows = int(np.ceil(len(chosen) / columns)) or 1
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.5 * rows), squeeze=False)
+    width = max(2.4 * columns, 4.0)  # one panel still leaves room for the title
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.5 * rows + 0.3), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, z in zip(axes.ravel(), chosen):
@@ -60,8 +68,12 @@ def overlay_montage(image: np.ndarray, heat: np.ndarray, path: Path, *, title: s
         ax.imshow(np.ma.masked_less(heat[:, :, z].T, 0.02), cmap="jet", alpha=0.45, origin="lower", vmin=0, vmax=1)
         if mask is not None and mask[:, :, z].any():
             ax.contour(mask[:, :, z].T, levels=[0.5], colors="white", linewidths=0.7, origin="lower")
+        if point is not None:
+            ax.plot(point[0], point[1], marker="+", color="white", markersize=9, markeredgewidth=1.5)
         ax.set_title(f"z={z}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, width=int(width * 12)), fontsize=9)  # a one-panel montage cut a long title
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

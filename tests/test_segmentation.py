@@ -130,6 +130,14 @@ def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
         heat = np.asanyarray(nib.load(str(tmp_path / f"{method}.nii.gz")).dataobj)
         assert heat.shape == image.shape and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
         assert heat[:, :, 6].max() > 0 and heat[:, :, [z for z in range(12) if z != 6]].max() == 0  # only the point's slice
+    from matplotlib.image import imread
+
+    # the montage of a point is its slice alone, with the point marked (it was 12 panels, 11 of them empty)
+    assert imread(str(tmp_path / "png" / "v_flair_seg-gradcam.png")).shape[1] < 500
+    code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / "pred.nii.gz"), "--device", "cpu",
+                 "--png_dir", str(tmp_path / "png_predicted")])  # the predicted tumour's contour is drawn
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "png_predicted" / "v_flair_seg-gradcam.png").is_file()
     code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / "again.nii.gz"), "--method", "seg-hirescam",
                  "--pixels", "point:16,16,6", "--device", "cpu", "--png_dir", str(tmp_path / "png")])  # its montage exists
     assert code == 2 and "v_flair_seg-hirescam.png: output already exists" in capsys.readouterr().err
