@@ -167,6 +167,8 @@ def _summary(rows: list[dict]) -> dict:
 STATE_FOLDER = ".resume"
 #: options that do not change any number of the report (a resumed run may change them)
 _SETTINGS_THAT_DO_NOT_COUNT = ("batch_size", "device")
+#: the amecam version whose scoring an evaluation's kept cases must share (0.5.10: each row's own volume mask)
+SCORING_VERSION = "0.5.10"
 
 
 def _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, options: EvaluationOptions) -> dict:
@@ -180,6 +182,8 @@ def _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, 
                 "weights_modified_ns": stat.st_mtime_ns if stat else None}
 
     settings = {
+        # how rows are scored: cases kept by an older amecam (every volume row gated, before 0.5.10) do not count
+        "scoring": SCORING_VERSION,
         "data": str(Path(data).resolve()), "pattern": pattern, "cases": [c.case_id for c in cases],
         "bundle": stamp(bundle_path), "extra_bundles": [stamp(p) for p in extra_bundles or []], "methods": list(methods),
         **{k: v for k, v in dataclasses.asdict(options).items() if k not in _SETTINGS_THAT_DO_NOT_COUNT},

@@ -350,6 +350,13 @@ def test_evaluate_resume_keeps_the_finished_cases(capsys, tmp_path, tiny_bundle,
     assert code == 2 and "threshold" in err and "--overwrite" in err
     code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume", "--overwrite")
     assert code == 2 and "--resume" in err
+    # cases kept by an amecam before 0.5.10 were scored with the old volume gating: not mixed with new ones
+    state = tmp_path / "r" / ".resume" / "settings.json"
+    kept = state.read_text(encoding="utf-8")
+    state.write_text(json.dumps({k: v for k, v in json.loads(kept).items() if k != "scoring"}), encoding="utf-8")
+    code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume")
+    assert code == 2 and "scoring null, now" in err and "--overwrite" in err
+    state.write_text(kept, encoding="utf-8")
     loaded.clear()
     monkeypatch.setattr(cases_module, "load_case", lambda case: loaded.append(case.case_id) or load_case(case))
     code, _, err = run(capsys, "evaluate", *common, "-o", str(tmp_path / "r"), "--resume")
