@@ -10,7 +10,6 @@ scripts, weights, TorchScript, metadata, model card), so ``amecam infer`` and ``
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import os
@@ -24,7 +23,7 @@ from .bundle import instantiate_network, monai_run_command, open_bundle, read_me
 from .errors import AmecamError
 from .training import (
     _DATA_KEY, TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
-    attach_run_log, detach_run_log, export_torchscript, run_config,
+    attach_run_log, detach_run_log, export_torchscript, run_config, save_run_settings, saved_data,
 )
 
 __all__ = ["write_pseudo_labels", "train_segmentation"]
@@ -99,11 +98,7 @@ def _resume_inputs(output: Path, saved: dict, bundle_path, data) -> tuple:
     elif source and str(Path(bundle_path).resolve()) != source:
         raise AmecamError(f"--bundle {bundle_path} is not the AME-CAM bundle of the run being resumed ({source})")
     if data is None:
-        if not saved.get(_DATA_KEY):
-            raise AmecamError(f"{output}: this run (started before amecam 0.5.10) did not record its data; "
-                              "give --data_dir with --resume")
-        data = saved[_DATA_KEY]
-        logger.info("data: %s (saved run)", data)
+        data = saved_data(output, saved, option="--data_dir")
     return bundle_path, data
 
 
@@ -213,14 +208,13 @@ def train_segmentation(
         shutil.move(str(configs / "inference_seg.yaml"), configs / "inference.yaml")
         for name in configs.glob("train_stage*.yaml"):
             name.unlink()
-        (configs / "amecam_train.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        save_run_settings(output, settings, None)
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)
     try:
         slices, dataset_info = _slice_if_needed(data, output, slice_settings, cases, labels)
         # the data matched the run's slices: --resume alone finds it again
-        (output / "configs" / "amecam_train.json").write_text(
-            json.dumps({**settings, _DATA_KEY: str(data.resolve())}, indent=2) + "\n", encoding="utf-8")
+        save_run_settings(output, settings, str(data.resolve()))
         source_split = training.get("split", {})
         if source_split and dataset_info.get("split") and any(source_split.get(c) not in (None, s) for c, s in dataset_info["split"].items()):
             logger.warning("the case split differs from the AME-CAM bundle's: validation cases may have been seen by AME-CAM")

@@ -274,11 +274,24 @@ def _is_slice_dataset(path: Path) -> bool:
         return False
 
 
-def _save_run_settings(output: Path, settings: TrainSettings, data: str | None) -> None:
-    record = settings.as_dict()
+def save_run_settings(output: Path, settings: dict, data: str | None) -> None:
+    """Write ``configs/amecam_train.json``: the run's settings and, once known to match its slices, its data."""
+    record = dict(settings)
     if data:
         record[_DATA_KEY] = data
     (output / "configs" / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def saved_data(output: Path, saved: dict, *, option: str) -> str:
+    """The data folder a resumed run was started on (``option`` names how to give it instead)."""
+    data = saved.get(_DATA_KEY)
+    if not data:
+        raise AmecamError(f"{output}: this run (started before amecam 0.5.10) did not record its data; "
+                          f"give {option} with --resume")
+    if not Path(data).exists():
+        raise AmecamError(f"{data}: the data this run was started on is not there any more; give {option} with --resume")
+    logger.info("data: %s (saved run)", data)
+    return data
 
 
 def _saved_settings(output: Path) -> dict:
@@ -552,11 +565,7 @@ def train_bundle(
     if data is None:  # --resume finds the data the run was started on
         if saved is None:
             raise AmecamError("train needs DATA_DIR (a dataset folder, datalist .json or slice dataset)")
-        if not saved.get(_DATA_KEY):
-            raise AmecamError(f"{output}: this run (started before amecam 0.5.10) did not record its data; "
-                              "give DATA_DIR with --resume")
-        data = saved[_DATA_KEY]
-        logger.info("data: %s (saved run)", data)
+        data = saved_data(output, saved, option="DATA_DIR")
     data = Path(data)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")
@@ -573,12 +582,12 @@ def train_bundle(
         _check_configs_take_fusion(output, resolved.fusion)
     if not resume:
         _prepare_run_folder(output, keep=[data], overwrite=overwrite)
-    _save_run_settings(output, resolved, (saved or {}).get(_DATA_KEY))
+    save_run_settings(output, resolved.as_dict(), (saved or {}).get(_DATA_KEY))
     (output / "logs").mkdir(exist_ok=True)
     log_state = attach_run_log(output)
     try:
         slices, dataset_info = _slice_if_needed(data, output, resolved, cases, labels)
-        _save_run_settings(output, resolved, str(data.resolve()))  # the data matched the run's slices: --resume alone finds it
+        save_run_settings(output, resolved.as_dict(), str(data.resolve()))  # the data matched the run's slices: --resume alone finds it
         metadata = read_metadata(output)
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = len(resolved.modalities)
         metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {str(i): m for i, m in enumerate(resolved.modalities)}

@@ -125,6 +125,10 @@ def test_resume_continues_after_the_last_checkpoint(tmp_path):
     (run / "configs" / "amecam_train.json").write_text(json.dumps(saved), encoding="utf-8")
     with pytest.raises(AmecamError, match="did not record its data; give DATA_DIR with --resume"):
         train_bundle(None, run, resume=True, progress=False)
+    saved["data_dir"] = str(tmp_path / "moved")  # data moved since: named, with the way on
+    (run / "configs" / "amecam_train.json").write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(AmecamError, match="the data this run was started on is not there any more; give DATA_DIR"):
+        train_bundle(None, run, resume=True, progress=False)
     with pytest.raises(AmecamError, match="train needs DATA_DIR"):
         train_bundle(None, tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()
