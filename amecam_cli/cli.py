@@ -599,7 +599,7 @@ def explain(
         bundle: a segmentation bundle (e.g. from amecam train-seg), folder or zip.
         method: seg-gradcam or seg-hirescam.
         pixels: predicted, image, or point:X,Y,Z (voxel indices of the input file).
-        layer: target layer (default: the network's coarsest feature map; a wrong name lists the choices).
+        layer: target layer (default: the network's coarsest feature map; a wrong name gets the nearest names and every choice).
         class_index: output channel to explain (1 = tumour for amecam's U-Net).
         png_dir: also write a PNG montage here.
         modality: the input's modality if its file name says otherwise.

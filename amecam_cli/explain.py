@@ -67,6 +67,21 @@ def default_layer(shapes: dict[str, tuple[int, ...]]) -> str:
     return [name for name, (_, h, w) in shapes.items() if h * w == smallest][-1]
 
 
+def unknown_layer_message(layer: str, shapes: dict[str, tuple[int, ...]]) -> str:
+    """One line for a wrong ``--layer``: the nearest names first, then the default, then every choice."""
+    import difflib
+
+    def named(name: str) -> str:
+        return f"{name} ({'x'.join(map(str, shapes[name]))})"
+
+    nearest = difflib.get_close_matches(layer, list(shapes), n=3, cutoff=0.6)
+    if not nearest:  # a prefix of real names, e.g. 'model.1' for 'unet.model.1...', is what a user most often types
+        nearest = [name for name in shapes if layer in name][:3]
+    hint = f"; nearest: {', '.join(map(named, nearest))}" if nearest else ""
+    return (f"--layer {layer!r} is not one of the network's {len(shapes)} layers with a 2-D feature map{hint}; "
+            f"the default is {named(default_layer(shapes))}; all of them: {', '.join(shapes)}")
+
+
 class SegCAM:
     """Seg-Grad-CAM (``hires=False``) or Seg-HiRes-Grad-CAM (``hires=True``) for one target layer.
 
@@ -185,7 +200,7 @@ def explain_volume(
         raise AmecamError(f"{bundle_path}: the bundle's network has no 2-D feature map to explain")
     layer = layer or default_layer(shapes)
     if layer not in shapes:
-        raise AmecamError(f"--layer must be one of {', '.join(shapes)}, got {layer!r}")
+        raise AmecamError(unknown_layer_message(layer, shapes))
     jobs = plan_jobs(Path(volume), output, bundle, modality=modality, overwrite=overwrite, result="explain")
     if len(jobs) != 1:
         raise AmecamError(f"{volume}: amecam explain takes one volume (or one case folder), found {len(jobs)} cases")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -119,3 +120,32 @@ def test_parse_pixels(value, expected):
 def test_parse_pixels_rejects():
     with pytest.raises(AmecamError, match="--pixels must be predicted, image or point:X,Y,Z"):
         parse_pixels("point:1,2")
+
+
+def _white_inside_the_panel(path):
+    """Near-white pixels in the middle 80% of the one black image panel of a montage (the page around it is white)."""
+    from matplotlib.image import imread
+
+    rgb = imread(str(path))[..., :3]
+    black = rgb.max(axis=-1) < 0.05
+    rows, cols = np.flatnonzero(black.sum(axis=1) > 50), np.flatnonzero(black.sum(axis=0) > 50)  # not the title's letters
+    (r0, r1), (c0, c1) = (rows[0], rows[-1]), (cols[0], cols[-1])
+    dr, dc = (r1 - r0) // 10, (c1 - c0) // 10
+    inside = rgb[r0 + dr:r1 - dr, c0 + dc:c1 - dc]
+    return int((inside.min(axis=-1) > 0.9).sum())
+
+
+def test_montage_draws_the_mask_contour_and_the_point(tmp_path):
+    """The predicted tumour's contour and the explained point are drawn on the panel (a test saw only that a file existed)."""
+    from amecam_cli.maps import overlay_montage
+
+    image, heat = np.zeros((40, 40, 6), np.float32), np.zeros((40, 40, 6), np.float32)
+    image[39, 39] = 1  # a black panel with one white corner (a constant image is drawn in mid-grey)
+    mask = np.zeros((40, 40, 6), bool)
+    mask[10:30, 12:28, 3] = True
+    plain = overlay_montage(image, heat, tmp_path / "plain.png", title="t", max_slices=1)
+    contour = overlay_montage(image, heat, tmp_path / "contour.png", title="t", mask=mask)
+    point = overlay_montage(image, heat, tmp_path / "point.png", title="t", point=(20, 20, 3))
+    assert _white_inside_the_panel(plain) == 0
+    assert _white_inside_the_panel(contour) > 50
+    assert _white_inside_the_panel(point) > 5

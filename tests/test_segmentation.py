@@ -143,7 +143,14 @@ def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
     assert code == 2 and "v_flair_seg-hirescam.png: output already exists" in capsys.readouterr().err
     assert not (tmp_path / "again.nii.gz").exists()
     code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / "x.nii.gz"), "--layer", "nope"])
-    assert code == 2 and "--layer must be one of" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "--layer 'nope' is not one of the network's" in err and "nearest" not in err
+    assert "the default is " in err and "all of them: " in err and len(err.strip().splitlines()) == 1
+    layers = err.split("all of them: ")[1].strip().split(", ")
+    typo = layers[1][:-1] + "x"  # one letter off a real name: named first, with its feature-map shape (a list of ~100 came alone)
+    code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / "x.nii.gz"), "--layer", typo])
+    assert code == 2 and f"nearest: {layers[1]} (" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()
 
 
 def test_explain_refuses_an_amecam_bundle(tmp_path, tiny_bundle, capsys):
