@@ -240,7 +240,7 @@ def train_segmentation(
             seed=settings["seed"], label_source="masks" if settings["supervised"] else "pseudo",
             uncertainty_margin=0.0 if settings["crf"] else settings["uncertainty_margin"],
             uncertainty_weight=settings["uncertainty_weight"], resume=resume, progress=progress,
-        )[0]
+        )[-1]
         network = instantiate_network(output)
         network.load_state_dict(torch.load(output / "models" / "model.pt", map_location="cpu", weights_only=True))
         export_torchscript(output, network, settings["image_size"], len(settings["modalities"]))

@@ -628,4 +628,4 @@ def _run_stage(root: Path, config: str, summary: Path, product: Path, *, resume:
         return json.loads(summary.read_text(encoding="utf-8"))
     logger.info("running %s", config)
     result = run_config(root, config, resume=resume, **overrides)
-    return result[0] if result else {}
+    return result[-1] if result else {}

@@ -180,6 +180,63 @@ def test_monai_bundle_run_without_amecam(tmp_path, tiny_bundle):
     mask = nib.load(str(out))
     assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
     np.testing.assert_allclose(mask.affine, affine)
+    # bad input: one line naming it, not MONAI's ~55 lines of two tracebacks; AMECAM_TRACEBACK=1 still gives them
+    missing = tmp_path / "gone_flair.nii.gz"
+    cmd[cmd.index(str(src))] = str(missing)
+    for extra, one_line in [({}, True), ({"AMECAM_TRACEBACK": "1"}, False)]:
+        proc = subprocess.run(cmd + ["--overwrite", "true"], capture_output=True, text=True, env={**env, **extra}, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 1 and ("Traceback" not in proc.stderr) == one_line, proc.stderr[-2000:]
+        assert f"{missing}: no such file" in proc.stderr
+    assert "RuntimeError: Failed to evaluate" in proc.stderr
+    assert nib.load(str(out)).shape == image.shape  # nothing lost
+
+
+def test_one_line_errors_are_only_the_bundles_own_input_checks():
+    """The one-line report is for errors the bundle's checks raise; a ValueError deep in a library keeps its traceback."""
+    from amecam_bundle.scripts.errors import input_error
+    from amecam_bundle.scripts.inference import VolumePredictor
+    from amecam_bundle.scripts.networks import AMECAMNet
+
+    def wrapped(action):
+        try:
+            try:
+                action()
+            except Exception as exc:
+                raise RuntimeError("Failed to evaluate ConfigExpression") from exc  # as MONAI wraps it
+        except RuntimeError as exc:
+            return exc
+
+    ours = wrapped(lambda: VolumePredictor(AMECAMNet(in_channels=1), image_size=64, device="cpu", batch_size=-3))
+    assert "batch_size must be a whole number" in input_error(ours)
+    assert input_error(wrapped(lambda: np.zeros(3).reshape(2))) is None  # raised inside numpy
+    assert input_error(wrapped(lambda: {}["key"])) is None  # not an input check's kind of error
+
+
+def test_bundle_missing_files_and_unwritable_outputs_are_named(tmp_path):
+    """A slice folder without dataset.json, a slice array missing under it, an output folder that cannot be
+    written: each named in one line (the last was found only after the whole volume had been predicted)."""
+    import json
+
+    from amecam_bundle.scripts.data import SliceSet
+    from amecam_bundle.scripts.errors import input_error
+    from amecam_bundle.scripts.inference import VolumePredictor
+    from amecam_bundle.scripts.networks import AMECAMNet
+
+    with pytest.raises(FileNotFoundError, match="not a slice dataset .no dataset.json; amecam slice writes one"):
+        SliceSet(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"settings": {"modalities": ["flair"], "image_size": 8}}), encoding="utf-8")
+    (tmp_path / "manifest.csv").write_text("file,row,split,label\na,0,train,tumor\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError) as caught:
+        SliceSet(tmp_path).batch([0])  # numpy's open() raises it: named by the file, not by numpy's traceback
+    assert input_error(caught.value) == f"{tmp_path / 'images' / 'a.npy'}: no such file or directory"
+
+    image, _ = planted_case(seed=6)
+    src = save_nifti(tmp_path / "p_flair.nii.gz", image.astype(np.float32))
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    predictor = VolumePredictor(AMECAMNet(in_channels=1), image_size=64, device="cpu")
+    predictor.predict_canonical = None  # never reached: the output is checked before the work
+    with pytest.raises(PermissionError, match=re.escape(f"{tmp_path / 'afile' / 'm.nii.gz'}: cannot write there")):
+        predictor.predict_files(str(src), str(tmp_path / "afile" / "m.nii.gz"))
 
 
 def test_monai_bundle_evaluate_config(tmp_path, tiny_bundle):

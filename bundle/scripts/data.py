@@ -37,6 +37,8 @@ class SliceSet:
 
     def __init__(self, root: str | Path, split: str = "train", labels: Sequence[str] = ("tumor", "normal")) -> None:
         self.root = Path(root)
+        if not (self.root / "dataset.json").is_file():
+            raise FileNotFoundError(f"{self.root}: not a slice dataset (no dataset.json; amecam slice writes one)")
         info = json.loads((self.root / "dataset.json").read_text(encoding="utf-8"))
         self.modalities = list(info["settings"]["modalities"])
         self.image_size = int(info["settings"]["image_size"])

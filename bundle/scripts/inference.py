@@ -132,6 +132,20 @@ def image_argument(channels: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else '"[' + ", ".join(f"'{name}'" for name in names) + ']"'
 
 
+def _check_writable(path: str) -> None:
+    """Refuse an output whose folder cannot be made or written to (by trying, as a file there would be)."""
+    import tempfile
+
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".amecam-probe-"):
+            pass
+    except OSError as exc:
+        msg = f"{path}: cannot write there ({(exc.strerror or str(exc)).lower()})"
+        raise PermissionError(msg) from None
+
+
 class VolumePredictor:
     """Slice-wise inference over whole volumes.
 
@@ -304,6 +318,8 @@ class VolumePredictor:
             if path and Path(path).exists() and not overwrite:
                 msg = f"{path}: output already exists (--overwrite true replaces it)"
                 raise FileExistsError(msg)
+            if path:
+                _check_writable(path)  # before the work, not after it
         prediction = self.predict_canonical(channels, all_maps=cam_output is not None)
         written = {"mask": output}
         self._save_nifti(from_canonical(prediction.mask, orientation), reference, output)
