@@ -237,6 +237,12 @@ def test_bundle_missing_files_and_unwritable_outputs_are_named(tmp_path):
     predictor.predict_canonical = None  # never reached: the output is checked before the work
     with pytest.raises(PermissionError, match=re.escape(f"{tmp_path / 'afile' / 'm.nii.gz'}: cannot write there")):
         predictor.predict_files(str(src), str(tmp_path / "afile" / "m.nii.gz"))
+    from amecam_bundle.scripts.evaluate import evaluate_datalist
+
+    save_nifti(tmp_path / "p_seg.nii.gz", (image > image.mean()).astype(np.uint8))
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"flair": "p_flair.nii.gz", "label": "p_seg.nii.gz"}]}), encoding="utf-8")
+    with pytest.raises(PermissionError, match=re.escape(f"{tmp_path / 'afile' / 'd.json'}: cannot write there")):
+        evaluate_datalist(predictor, str(tmp_path / "list.json"), ["flair"], str(tmp_path / "afile" / "d.json"))
 
 
 def test_monai_bundle_evaluate_config(tmp_path, tiny_bundle):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .datalist import read_datalist
-from .inference import VolumePredictor, read_nifti_channels
+from .inference import VolumePredictor, check_writable, read_nifti_channels
 from .options import switch
 from .preprocess import to_canonical
 
@@ -65,6 +65,7 @@ def evaluate_datalist(predictor: VolumePredictor, datalist: str, modalities: lis
     if Path(output).exists() and not overwrite:
         msg = f"{output}: output already exists (--overwrite true replaces it)"
         raise FileExistsError(msg)
+    check_writable(output)  # before every case is predicted, not after
     rows = []
     for case in cases:
         channels, _, reference = read_nifti_channels([case["images"][m] for m in modalities])

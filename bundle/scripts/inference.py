@@ -132,7 +132,7 @@ def image_argument(channels: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else '"[' + ", ".join(f"'{name}'" for name in names) + ']"'
 
 
-def _check_writable(path: str) -> None:
+def check_writable(path: str) -> None:
     """Refuse an output whose folder cannot be made or written to (by trying, as a file there would be)."""
     import tempfile
 
@@ -319,7 +319,7 @@ class VolumePredictor:
                 msg = f"{path}: output already exists (--overwrite true replaces it)"
                 raise FileExistsError(msg)
             if path:
-                _check_writable(path)  # before the work, not after it
+                check_writable(path)  # before the work, not after it
         prediction = self.predict_canonical(channels, all_maps=cam_output is not None)
         written = {"mask": output}
         self._save_nifti(from_canonical(prediction.mask, orientation), reference, output)
