@@ -210,6 +210,13 @@ def test_one_line_errors_are_only_the_bundles_own_input_checks():
     assert "batch_size must be a whole number" in input_error(ours)
     assert input_error(wrapped(lambda: np.zeros(3).reshape(2))) is None  # raised inside numpy
     assert input_error(wrapped(lambda: {}["key"])) is None  # not an input check's kind of error
+    import sys
+
+    from amecam_bundle.scripts.errors import one_line_errors
+
+    before = sys.excepthook
+    one_line_errors()  # amecam runs the same configs in its own process: its tracebacks (--debug) stay Python's
+    assert sys.excepthook is before
 
 
 def test_bundle_missing_files_and_unwritable_outputs_are_named(tmp_path):
