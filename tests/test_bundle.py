@@ -23,7 +23,7 @@ def test_template_is_installed_with_the_package():
     root = bundle_template()
     for name in ("configs/metadata.json", "configs/inference.yaml", "configs/inference_seg.yaml", "configs/evaluate.yaml",
                  "configs/train_stage0.yaml", "configs/train_stage1.yaml", "configs/train_stage2.yaml", "configs/train_seg.yaml",
-                 "configs/logging.conf", "scripts/networks.py", "docs/README.md", "LICENSE"):
+                 "configs/multi_gpu_train.yaml", "configs/logging.conf", "scripts/networks.py", "docs/README.md", "LICENSE"):
         assert (root / name).is_file(), name
 
 

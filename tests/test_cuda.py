@@ -111,3 +111,21 @@ def test_evaluate_cam_and_train_seg_on_the_gpu(tmp_path, capsys, cuda_bundle):
     code = main(["explain", str(src), "-o", str(tmp_path / "e.nii.gz"), "--bundle", str(tmp_path / "seg"), "--device", "cuda"])
     _, err = capsys.readouterr()
     assert code == 0, err
+
+
+def test_torchrun_trains_with_nccl_on_the_gpus(tmp_path, cuda_bundle):
+    """configs/multi_gpu_train.yaml under torchrun on CUDA: NCCL, one process per GPU (two when there are two)."""
+    import shutil
+
+    root = tmp_path / "run"
+    for name in ("configs", "scripts", "slices"):
+        shutil.copytree(cuda_bundle / name, root / name)
+    nproc = min(2, torch.cuda.device_count())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle", "run",
+           "--config_file", "['configs/train_stage1.yaml','configs/multi_gpu_train.yaml']", "--bundle_root", ".",
+           "--device", "cuda", "--epochs", "1", "--batch_size", "4", "--progress", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((root / "models" / "stage1.json").read_text())
+    assert summary["processes"] == nproc
+    assert f"device cuda:0, {nproc} processes" in proc.stdout + proc.stderr

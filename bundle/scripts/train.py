@@ -9,7 +9,8 @@
   (:func:`resolve_attention_polarity`) and the whole inference network is saved as ``models/model.pt``.
 
 Every trainer writes a checkpoint after each epoch (``models/checkpoints/``) and, with
-``resume=True``, continues from it after an interruption. CPU speed-ups: slices cropped to the brain
+``resume=True``, continues from it after an interruption. Under ``torchrun`` every trainer runs one
+process per GPU with DistributedDataParallel (:mod:`.distributed`, ``configs/multi_gpu_train.yaml``). CPU speed-ups: slices cropped to the brain
 (done by the slicer), normal slices sampled in balance with tumour slices, channels-last memory
 format, no gradient or map upsampling where the result cannot change. On CUDA: bfloat16 autocast and
 batches moved with non-blocking copies.
@@ -33,6 +34,7 @@ import torch.nn as nn
 
 from .data import SliceSet, augment, balanced_epoch, simclr_views
 from .device import DEVICE_CHOICES, resolve_device  # re-exported: configs and callers name scripts.train.resolve_device
+from .distributed import Processes
 from .losses import AttentionContrastiveLoss, MultiExitBCELoss, NTXentLoss
 from .networks import EXIT_WEIGHTS, AMECAMNet, MultiExitResNet, brain_region
 from .options import number, switch, whole
@@ -233,6 +235,7 @@ class _Stage:
         amp: bool = True,
         affine_augmentation: bool = False,
         num_threads: int | None = None,
+        distributed: bool | str = "auto",
     ) -> None:
         self.epochs = whole(epochs, "epochs", 0)
         self.batch_size = whole(batch_size, "batch_size", 2)
@@ -241,7 +244,8 @@ class _Stage:
         self.seed = whole(seed, "seed", 0)
         self.dataset_dir = Path(dataset_dir)
         self.output_dir = Path(output_dir)
-        self.device = resolve_device(device)
+        self.processes = Processes(distributed, device)  # one process, or one of torchrun's
+        self.device = self.processes.device
         self.resume = switch(resume, "resume")
         self.progress = switch(progress, "progress")
         self.channels_last = switch(channels_last, "channels_last")
@@ -262,7 +266,18 @@ class _Stage:
     def _bar(self, total: int, desc: str):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="slice", leave=False, disable=None if self.progress else True)
+        return tqdm(total=total, desc=desc, unit="slice", leave=False,
+                    disable=None if self.progress and self.processes.main else True)
+
+    def _keep(self, obj: Any, path: Path) -> None:
+        """Save ``obj`` (see ``_save``) from one process only: the only one, or torchrun's process 0."""
+        if self.processes.main:
+            _save(obj, path)
+
+    def _generator(self, offset: int) -> torch.Generator:
+        """The augmentation generator of an epoch; each torchrun process draws its own (process 0's is
+        the single-process one)."""
+        return torch.Generator().manual_seed((self.seed * 1000 + offset) * self.processes.world_size + self.processes.rank)
 
     def _load_checkpoint(self) -> dict | None:
         if not (self.resume and self.checkpoint_path.exists()):
@@ -288,8 +303,15 @@ class _Stage:
         scheduler.load_state_dict(state["scheduler"])
         return optimizer, scheduler, state["history"], state.get("best", best), state["epoch"] + 1, True
 
+    def _processes_text(self) -> str:
+        return f", {self.processes.world_size} processes (batch {self.batch_size} each)" if self.processes.enabled else ""
+
     def _write_summary(self, summary: dict) -> dict:
         summary = {"stage": self.name, **summary}
+        if self.processes.enabled:
+            summary["processes"] = self.processes.world_size
+        if not self.processes.main:
+            return summary
         tmp = self.summary_path.with_name(f".{self.summary_path.name}.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.summary_path)
@@ -345,20 +367,21 @@ class ClassifierTrainer(_Stage):
             missing, _ = self.network.load_state_dict(torch.load(self.pretrained, map_location=self.device), strict=False)
             logger.info("stage 1: encoder initialised from %s (%d exit tensors trained from scratch)", self.pretrained, len(missing))
         logger.info(
-            "stage 1: %d train slices (%d tumour), %d val slices, %d epochs, batch %d, device %s",
-            len(train), int((train.labels == 1).sum()), len(val), self.epochs, self.batch_size, self.device,
+            "stage 1: %d train slices (%d tumour), %d val slices, %d epochs, batch %d, device %s%s",
+            len(train), int((train.labels == 1).sum()), len(val), self.epochs, self.batch_size, self.device, self._processes_text(),
         )
+        model = self.processes.wrap(self.network)
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, epoch])
-            generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            order = balanced_epoch(train.labels, rng, balance=self.balance)
-            self.network.train()
+            generator = self._generator(epoch)
+            order = self.processes.shard(balanced_epoch(train.labels, rng, balance=self.balance))
+            model.train()
             total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"stage 1 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, y in train.batches(order, self.batch_size):
                     x = self._to_device(augment(x, generator, affine=self.affine))
                     with self._autocast():
-                        logits, _ = self.network(x)
+                        logits, _ = model(x)
                         loss = self.loss(logits.float(), y.to(self.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -366,7 +389,8 @@ class ClassifierTrainer(_Stage):
                     total += loss.detach() * len(y)  # summed on the device: no host round-trip per batch
                     seen += len(y)
                     bar.update(len(y))
-            total = float(total)  # waits for the device, so the time below is the epoch's
+            total = float(self.processes.sum(total))  # waits for the device, so the time below is the epoch's
+            seen *= self.processes.world_size  # every process trained on as many slices
             elapsed = time.perf_counter() - started
             scheduler.step()
             metrics = self.validate(val) if len(val) else {"auc": [math.nan] * 4, "loss": math.nan}
@@ -383,14 +407,16 @@ class ClassifierTrainer(_Stage):
                 improved = score > best["auc"] + 1e-4 or tie
             if improved or best["epoch"] < 0:
                 best = {"auc": score if not math.isnan(score) else -1.0, "loss": metrics["loss"], "epoch": epoch + 1}
-                _save(self.network.state_dict(), self.best_path)
+                self._keep(self.network.state_dict(), self.best_path)
             logger.info(
                 "stage 1 epoch %d/%d: loss %.4f, val AUC per exit %s, %.1f slices/s%s",
                 epoch + 1, self.epochs, record["train_loss"], ", ".join(f"{a:.3f}" for a in metrics["auc"]),
                 record["train_slices_per_s"], " (best)" if best["epoch"] == epoch + 1 else "",
             )
-            _save({"epoch": epoch, "network": self.network.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+            self._keep({"epoch": epoch, "network": self.network.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+        self.processes.check_in_step(self.network)
+        self.processes.barrier()  # process 0 has written the best epoch's weights
         if self.best_path.exists():
             self.network.load_state_dict(torch.load(self.best_path, map_location=self.device))
         measured = best["auc"] >= 0  # AUC is in [0, 1]; -1 marks "never measured"
@@ -401,7 +427,8 @@ class ClassifierTrainer(_Stage):
                 int((val.labels == 1).sum()), int((val.labels == 0).sum()))
         tumour = SliceSet(self.dataset_dir, "val" if (val.labels == 1).any() else "train", labels=("tumor",))
         polarity = resolve_exit_polarity(self.network, _polarity_batches(tumour, self.batch_size), self.device)
-        _save(self.network.state_dict(), self.best_path)
+        self._keep(self.network.state_dict(), self.best_path)
+        self.processes.barrier()
         return self._write_summary({"best_epoch": best["epoch"], "best_val_auc": best["auc"] if measured else None, "exit_polarity": polarity,
                                     "history": history, "n_train": len(train), "n_val": len(val)})
 
@@ -424,11 +451,11 @@ class AttentionTrainer(_Stage):
         self.loss = AttentionContrastiveLoss()
         self.model_path = self.output_dir / "model.pt"
 
-    def _contrastive(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _contrastive(self, x: torch.Tensor, aggregator: nn.Module | None = None) -> dict[str, torch.Tensor]:
         net = self.network
         with torch.no_grad():
             _, exits = net.classifier.exit_maps(x)
-        mf = net.aggregator(net.grey(x), exits)
+        mf = (aggregator or net.aggregator)(net.grey(x), exits)
         foreground = net.classifier.embed(x * mf)
         background = net.classifier.embed(x * (1 - mf))
         return self.loss(foreground.float(), background.float())
@@ -463,20 +490,22 @@ class AttentionTrainer(_Stage):
         parameters = list(self.network.aggregator.parameters())
         optimizer, scheduler, history, best, start, _ = self._optimiser(
             parameters, {"aggregator": self.network.aggregator}, {"loss": math.inf, "epoch": -1, "state": None})
-        logger.info("stage 2: %d train / %d val tumour slices, %d epochs, device %s", len(train), len(val), self.epochs, self.device)
+        logger.info("stage 2: %d train / %d val tumour slices, %d epochs, device %s%s",
+                    len(train), len(val), self.epochs, self.device, self._processes_text())
+        aggregator = self.processes.wrap(self.network.aggregator)
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, 100 + epoch])
-            generator = torch.Generator().manual_seed(self.seed * 1000 + 100 + epoch)
-            order = rng.permutation(len(train))
+            generator = self._generator(100 + epoch)
+            order = self.processes.shard(rng.permutation(len(train)))
             if len(order) % self.batch_size == 1:
-                order = order[:-1]  # the losses need pairs
-            self.network.aggregator.train()
+                order = order[:-1]  # the losses need pairs (the same in every process: their shares are as long)
+            aggregator.train()
             totals, seen, started = {k: torch.zeros((), device=self.device) for k in ("ff", "fb", "bb", "loss")}, 0, time.perf_counter()
             with self._bar(len(order), f"stage 2 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, _ in train.batches(order, self.batch_size):
                     x = self._to_device(augment(x, generator, affine=self.affine))
                     with self._autocast():
-                        terms = self._contrastive(x)
+                        terms = self._contrastive(x, aggregator)
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                     optimizer.step()
@@ -484,7 +513,8 @@ class AttentionTrainer(_Stage):
                         totals[key] += terms[key].detach().float() * len(x)
                     seen += len(x)
                     bar.update(len(x))
-            totals = {key: float(value) for key, value in totals.items()}
+            totals = {key: float(self.processes.sum(value)) for key, value in totals.items()}
+            seen *= self.processes.world_size
             elapsed = time.perf_counter() - started
             scheduler.step()
             val_loss = self.validate(val) if len(val) >= 2 else math.nan
@@ -500,16 +530,30 @@ class AttentionTrainer(_Stage):
                 epoch + 1, self.epochs, record["train_loss"], record["train_ff"], record["train_fb"], record["train_bb"],
                 val_loss, record["train_slices_per_s"],
             )
-            _save({"epoch": epoch, "aggregator": self.network.aggregator.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+            self._keep({"epoch": epoch, "aggregator": self.network.aggregator.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+        self.processes.check_in_step(self.network.aggregator)
         if best["state"] is not None:
             self.network.aggregator.load_state_dict(best["state"])
         polarity_data = val if len(val) else train
         polarity = resolve_attention_polarity(self.network, _polarity_batches(polarity_data, self.batch_size), self.device)
         self.network = self.network.to(memory_format=torch.contiguous_format)
-        _save(self.network.state_dict(), self.model_path)
+        self._keep(self.network.state_dict(), self.model_path)
+        self.processes.barrier()
         return self._write_summary({"best_epoch": best["epoch"], "best_loss": best["loss"] if best["epoch"] > 0 else None,
                                     "polarity": polarity, "history": history, "n_train": len(train), "n_val": len(val)})
+
+
+class _Projection(nn.Module):
+    """SimCLR's projection of the encoder's embedding, as one module for DDP."""
+
+    def __init__(self, network: MultiExitResNet, head: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.network.embed(x))
 
 
 class SimCLRTrainer(_Stage):
@@ -538,20 +582,21 @@ class SimCLRTrainer(_Stage):
             self.network = self.network.to(memory_format=torch.channels_last)
         parameters = list(self.network.parameters()) + list(self.head.parameters())
         optimizer, scheduler, history, _, start, _ = self._optimiser(parameters, {"network": self.network, "head": self.head})
-        logger.info("stage 0 (SimCLR): %d slices, %d epochs, batch %d", len(data), self.epochs, self.batch_size)
+        logger.info("stage 0 (SimCLR): %d slices, %d epochs, batch %d%s", len(data), self.epochs, self.batch_size, self._processes_text())
+        # the exits take no part in SimCLR: DDP must not wait for their gradients
+        projected = self.processes.wrap(_Projection(self.network, self.head), find_unused_parameters=True)
         for epoch in range(start, self.epochs):
-            order = np.random.default_rng([self.seed, 200 + epoch]).permutation(len(data))
+            order = self.processes.shard(np.random.default_rng([self.seed, 200 + epoch]).permutation(len(data)))
             if len(order) % self.batch_size == 1:
                 order = order[:-1]
-            generator = torch.Generator().manual_seed(self.seed * 1000 + 200 + epoch)
-            self.network.train()
+            generator = self._generator(200 + epoch)
+            projected.train()
             total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"stage 0 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, _ in data.batches(order, self.batch_size):
                     v1, v2 = simclr_views(x, generator)
-                    with self._autocast():
-                        z1 = self.head(self.network.embed(self._to_device(v1)))
-                        z2 = self.head(self.network.embed(self._to_device(v2)))
+                    with self._autocast():  # both views in one pass: DDP allows one forward per backward
+                        z1, z2 = projected(self._to_device(torch.cat([v1, v2]))).chunk(2)
                         loss = self.loss(z1.float(), z2.float())
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -559,14 +604,17 @@ class SimCLRTrainer(_Stage):
                     total += loss.detach() * len(x)
                     seen += len(x)
                     bar.update(len(x))
-            total = float(total)
+            total = float(self.processes.sum(total))
+            seen *= self.processes.world_size
             elapsed = time.perf_counter() - started
             scheduler.step()
             history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "slices_per_s": seen / elapsed, "seconds": elapsed})
             logger.info("stage 0 epoch %d/%d: NT-Xent %.4f", epoch + 1, self.epochs, history[-1]["loss"])
-            _save({"epoch": epoch, "network": self.network.state_dict(), "head": self.head.state_dict(),
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history},
-                  self.checkpoint_path)
+            self._keep({"epoch": epoch, "network": self.network.state_dict(), "head": self.head.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history},
+                       self.checkpoint_path)
+        self.processes.check_in_step(self.network)
         encoder = {k: v for k, v in self.network.state_dict().items() if not k.startswith("exits.")}
-        _save(encoder, self.encoder_path)
+        self._keep(encoder, self.encoder_path)
+        self.processes.barrier()
         return self._write_summary({"history": history, "n_slices": len(data)})

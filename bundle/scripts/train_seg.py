@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .data import SliceSet, augment, balanced_epoch
 from .networks import SegmentationNet
 from .options import number
-from .train import _save, _Stage, logger, set_determinism
+from .train import _Stage, logger, set_determinism
 
 __all__ = ["LABEL_SOURCES", "SegmentationTrainer", "weighted_dice_ce"]
 
@@ -116,13 +116,14 @@ class SegmentationTrainer(_Stage):
         optimizer, scheduler, history, best, start, _ = self._optimiser(
             self.network.parameters(), {"network": self.network}, {"dice": -1.0, "epoch": -1})
         labels = "expert masks" if self.label_source == "masks" else "pseudo-labels"  # the log said "(masks labels)"
-        logger.info("segmentation on %s: %d train / %d val slices, %d epochs, device %s",
-                    labels, len(train), len(val), self.epochs, self.device)
+        logger.info("segmentation on %s: %d train / %d val slices, %d epochs, device %s%s",
+                    labels, len(train), len(val), self.epochs, self.device, self._processes_text())
+        model = self.processes.wrap(self.network, "logits")
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, 300 + epoch])
-            generator = torch.Generator().manual_seed(self.seed * 1000 + 300 + epoch)
-            order = balanced_epoch(train.labels, rng)
-            self.network.train()
+            generator = self._generator(300 + epoch)
+            order = self.processes.shard(balanced_epoch(train.labels, rng))
+            model.train()
             total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"segmentation epoch {epoch + 1}/{self.epochs}") as bar:
                 for begin in range(0, len(order), self.batch_size):
@@ -132,7 +133,7 @@ class SegmentationTrainer(_Stage):
                     x, pair = augment(x, generator, target=torch.stack([target, weight], dim=1))
                     target, weight = pair[:, 0].to(self.device), pair[:, 1].to(self.device)
                     with self._autocast():
-                        logits = self.network.logits(self._to_device(x))
+                        logits = model(self._to_device(x))
                     loss = weighted_dice_ce(logits.float(), target, weight)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -140,7 +141,8 @@ class SegmentationTrainer(_Stage):
                     total += loss.detach() * len(indices)  # summed on the device: no host round-trip per batch
                     seen += len(indices)
                     bar.update(len(indices))
-            total = float(total)
+            total = float(self.processes.sum(total))
+            seen *= self.processes.world_size
             elapsed = time.perf_counter() - started
             scheduler.step()
             val_dice = self.validate(val) if len(val) else math.nan
@@ -150,13 +152,15 @@ class SegmentationTrainer(_Stage):
             score = val_dice if not math.isnan(val_dice) else -record["train_loss"]
             if score > best["dice"] or best["epoch"] < 0:
                 best = {"dice": score, "epoch": epoch + 1}
-                _save(self.network.state_dict(), self.model_path)
+                self._keep(self.network.state_dict(), self.model_path)
             logger.info("segmentation epoch %d/%d: loss %.4f, val Dice %.3f against the %s, %.1f slices/s%s",
                         epoch + 1, self.epochs, record["train_loss"], val_dice, labels,
                         record["train_slices_per_s"], " (best)" if best["epoch"] == epoch + 1 else "")
-            _save({"epoch": epoch, "network": self.network.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+            self._keep({"epoch": epoch, "network": self.network.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "history": history, "best": best}, self.checkpoint_path)
+        self.processes.check_in_step(self.network)
         if not self.model_path.exists():
-            _save(self.network.state_dict(), self.model_path)
+            self._keep(self.network.state_dict(), self.model_path)
+        self.processes.barrier()
         return self._write_summary({"best_epoch": best["epoch"], "best_val_dice": best["dice"], "label_source": self.label_source,
                                     "history": history, "n_train": len(train), "n_val": len(val)})

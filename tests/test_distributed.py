@@ -1,0 +1,79 @@
+"""Training with torchrun and DistributedDataParallel (bundle/scripts/distributed.py), on CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from amecam_bundle.scripts.distributed import Processes
+
+
+def _torchrun(root, config, *args, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "monai.bundle", "run", "--config_file", str([f"configs/{config}", "configs/multi_gpu_train.yaml"]),
+           "--bundle_root", ".", "--device", "cpu", "--batch_size", "4", "--progress", "false", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+
+
+def test_two_processes_train_in_step(tmp_path, tiny_bundle):
+    """The bundle's own command, torchrun with two processes, trains stage 1 and the U-Net: every process takes
+    half of each epoch, DDP averages the gradients (the trainers check at the end that both processes hold the
+    same weights, and fail if not), and process 0 alone writes the weights, which the networks load."""
+    root = tmp_path / "run"
+    root.mkdir()
+    for name in ("configs", "scripts", "slices"):
+        shutil.copytree(tiny_bundle / name, root / name)
+    runs = (("train_stage1.yaml", "--epochs", "2"),
+            ("train_seg.yaml", "--epochs", "1", "--label_source", "masks", "--models_dir", str(tmp_path / "unet")))
+    for config, *args in runs:
+        proc = _torchrun(root, config, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "2 processes (batch 4 each)" in proc.stdout + proc.stderr
+    stage1 = json.loads((root / "models" / "stage1.json").read_text())
+    assert stage1["processes"] == json.loads((tmp_path / "unet" / "seg.json").read_text())["processes"] == 2
+    assert [record["epoch"] for record in stage1["history"]] == [1, 2]
+    from amecam_bundle.scripts.data import SliceSet
+    from amecam_bundle.scripts.networks import MultiExitResNet, SegmentationNet
+
+    labels = SliceSet(root / "slices", "train").labels
+    balanced = 2 * min(int((labels == 1).sum()), int((labels == 0).sum()))
+    # the processes' slices counted together: an epoch is every slice of the balanced draw, not half of them
+    record = stage1["history"][0]
+    assert round(record["train_slices_per_s"] * record["seconds"]) == balanced - balanced % 2
+
+    for network, weights in ((MultiExitResNet(in_channels=1), root / "models" / "classifier.pt"),
+                             (SegmentationNet(in_channels=1), tmp_path / "unet" / "model.pt")):
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        assert not any(path.name.startswith(".") for path in weights.parent.iterdir())  # no half-written file left
+
+
+def test_shards_are_disjoint_and_equal():
+    processes = Processes("false", "cpu")
+    order = np.arange(11) * 3
+    assert np.array_equal(processes.shard(order), order)  # alone: the whole epoch
+    processes.enabled, processes.world_size = True, 3
+    shares = []
+    for rank in range(3):
+        processes.rank = rank
+        shares.append(processes.shard(order))
+    assert [len(share) for share in shares] == [3, 3, 3]  # DDP needs as many batches in every process
+    assert sorted(np.concatenate(shares).tolist()) == order[:9].tolist()
+
+
+def test_distributed_without_torchrun_is_refused(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="distributed training must be started by torchrun"):
+        Processes("true", "cpu")
+    with pytest.raises(ValueError, match="distributed must be true or false"):
+        Processes("sometimes", "cpu")
+    assert not Processes("auto", "cpu").enabled
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: alone unless asked (then DDP over one)
+    assert not Processes("auto", "cpu").enabled
