@@ -174,6 +174,7 @@ def train(
     stem_stride: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
+    nproc_per_node: int | None = None,
     seed: int | None = None,
     pretrain: str | None = None,
     pretrain_epochs: int | None = None,
@@ -210,6 +211,8 @@ def train(
             resolution of every exit map for about 3x less compute (worse maps, see docs/benchmarks.md).
         batch_size: slices per batch (default 32).
         device: auto, cpu or cuda (default auto).
+        nproc_per_node: training processes, one per GPU (default 1): more than 1 runs each stage with torchrun and
+            DistributedDataParallel; --batch_size is per process, so the effective batch is N x batch_size.
         seed: seed of the split, initialisation and sampling (default 0).
         pretrain: none or simclr (stage 0, default none).
         pretrain_epochs: SimCLR epochs (default 10).
@@ -233,7 +236,8 @@ def train(
         raise AmecamError("train needs --output_dir RUN")
     given = {
         "modalities": modality, "epochs": epochs, "attention_epochs": attention_epochs, "image_size": image_size,
-        "stem_stride": stem_stride, "batch_size": batch_size, "device": device, "seed": seed, "pretrain": pretrain,
+        "stem_stride": stem_stride, "batch_size": batch_size, "device": device, "nproc_per_node": nproc_per_node,
+        "seed": seed, "pretrain": pretrain,
         "pretrain_epochs": pretrain_epochs,
         "learning_rate": None if learning_rate is None else _float(learning_rate, "learning_rate"),
         "val_fraction": None if val_fraction is None else _float(val_fraction, "val_fraction"),
@@ -242,7 +246,7 @@ def train(
         "slice_labels": None if slice_labels is None else str(slice_labels),
         "pattern": None if pattern is None else str(pattern),
     }
-    for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs"):
+    for name in ("epochs", "attention_epochs", "image_size", "stem_stride", "batch_size", "seed", "pretrain_epochs", "nproc_per_node"):
         if given[name] is not None:
             given[name] = _int(given[name], name)
     result = train_bundle(
@@ -310,7 +314,7 @@ def infer(
 def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
     """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    Example: amecam export runs/flair -o amecam_flair_v0.5.11.zip
+    Example: amecam export runs/flair -o amecam_flair_v0.5.12.zip
 
     Args:
         run: trained bundle folder.
@@ -328,7 +332,7 @@ def export(run: str, output: str | None = None, overwrite: bool = False) -> None
 def verify(bundle: str, device: str = "cpu") -> None:
     """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
 
-    Example: amecam verify amecam_flair_v0.5.11.zip
+    Example: amecam verify amecam_flair_v0.5.12.zip
 
     Args:
         bundle: bundle folder or zip.
@@ -513,6 +517,7 @@ def train_seg(
     batch_size: int | None = None,
     learning_rate: float | None = None,
     device: str | None = None,
+    nproc_per_node: int | None = None,
     seed: int | None = None,
     supervised: bool | None = None,
     crf: bool | None = None,
@@ -540,6 +545,8 @@ def train_seg(
         batch_size: slices per batch (default 16).
         learning_rate: Adam learning rate (default 0.001).
         device: auto, cpu or cuda (default auto).
+        nproc_per_node: training processes, one per GPU (default 1): more than 1 trains with torchrun and
+            DistributedDataParallel; --batch_size is per process.
         seed: seed (default: the AME-CAM run's, which keeps its case split).
         supervised: train on the expert masks instead (fully supervised upper bound; default off).
         crf: refine the pseudo-labels with DenseCRF (default off).
@@ -563,7 +570,7 @@ def train_seg(
         given(bundle, _path, "bundle"), given(data_dir, _path, "data_dir"), _path(output_dir, "output_dir"),
         epochs=given(epochs, _int, "epochs", minimum=1), image_size=given(image_size, _int, "image_size"),
         batch_size=given(batch_size, _int, "batch_size", minimum=2), learning_rate=given(learning_rate, _float, "learning_rate"),
-        device=given(device, str), seed=given(seed, _int, "seed", minimum=0), supervised=given(supervised, _bool, "supervised"),
+        device=given(device, str), nproc_per_node=given(nproc_per_node, _int, "nproc_per_node", minimum=1), seed=given(seed, _int, "seed", minimum=0), supervised=given(supervised, _bool, "supervised"),
         crf=given(crf, _bool, "crf"), uncertainty_margin=given(uncertainty_margin, _float, "uncertainty_margin"),
         uncertainty_weight=given(uncertainty_weight, _float, "uncertainty_weight"), pattern=given(pattern, str),
         slice_labels=given(slice_labels, str), resume=bool(resume), overwrite=bool(overwrite),

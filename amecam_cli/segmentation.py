@@ -23,7 +23,7 @@ from .bundle import instantiate_network, monai_run_command, open_bundle, read_me
 from .errors import AmecamError
 from .training import (
     _DATA_KEY, TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
-    attach_run_log, detach_run_log, export_torchscript, run_config, save_run_settings, saved_data,
+    attach_run_log, check_nproc_per_node, detach_run_log, export_torchscript, run_config, save_run_settings, saved_data,
 )
 
 __all__ = ["write_pseudo_labels", "train_segmentation"]
@@ -103,8 +103,10 @@ def _resume_inputs(output: Path, saved: dict, bundle_path, data) -> tuple:
 
 
 #: train-seg's option defaults (None in the signature means "not given", so --resume can tell a contradiction)
-SEG_DEFAULTS = {"epochs": 20, "batch_size": 16, "learning_rate": 1e-3, "device": "auto", "supervised": False, "crf": False,
-                "uncertainty_margin": 0.1, "uncertainty_weight": 0.2}
+SEG_DEFAULTS = {"epochs": 20, "batch_size": 16, "learning_rate": 1e-3, "device": "auto", "nproc_per_node": 1, "supervised": False,
+                "crf": False, "uncertainty_margin": 0.1, "uncertainty_weight": 0.2}
+#: options that may change when resuming (where and how fast, not what is trained)
+_RESUMABLE = ("device", "nproc_per_node")
 
 
 def train_segmentation(
@@ -117,6 +119,7 @@ def train_segmentation(
     batch_size: int | None = None,
     learning_rate: float | None = None,
     device: str | None = None,
+    nproc_per_node: int | None = None,
     seed: int | None = None,
     supervised: bool | None = None,
     crf: bool | None = None,
@@ -132,13 +135,13 @@ def train_segmentation(
 
     Options left None take :data:`SEG_DEFAULTS` (or the AME-CAM run's); with ``resume`` they take the
     interrupted run's, ``bundle_path`` and ``data`` may be None (the run's own), and a given value that
-    contradicts the run is refused (``device`` may change).
+    contradicts the run is refused (``device`` and ``nproc_per_node`` may change).
     """
     import torch
 
     output = Path(output)
     given = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size, "learning_rate": learning_rate,
-             "device": device, "seed": seed, "supervised": supervised, "crf": crf, "uncertainty_margin": uncertainty_margin,
+             "device": device, "nproc_per_node": nproc_per_node, "seed": seed, "supervised": supervised, "crf": crf, "uncertainty_margin": uncertainty_margin,
              "uncertainty_weight": uncertainty_weight, "pattern": pattern,
              "slice_labels": None if slice_labels is None else str(Path(slice_labels).expanduser().resolve())}
     saved = _saved_settings(output) if resume else None
@@ -160,6 +163,9 @@ def train_segmentation(
         raise AmecamError(f"--learning_rate must be a number > 0, got {options['learning_rate']}")
     if seed is not None and seed < 0:
         raise AmecamError(f"--seed must be >= 0, got {seed}")
+    from amecam_bundle.scripts.device import resolve_device
+
+    check_nproc_per_node(options["nproc_per_node"], resolve_device(options["device"]))  # the device open_bundle accepted
     data = Path(data)
     if not data.exists():
         raise AmecamError(f"{data}: no such file or folder")
@@ -169,6 +175,7 @@ def train_segmentation(
         settings = {
             "modalities": list(source.modalities), "image_size": int(image_size or source.image_size), "epochs": int(options["epochs"]),
             "batch_size": int(options["batch_size"]), "learning_rate": float(options["learning_rate"]), "device": str(options["device"]),
+            "nproc_per_node": int(options["nproc_per_node"]),
             "seed": int(seed if seed is not None else base.get("seed", 0)), "supervised": bool(options["supervised"]),
             "crf": bool(options["crf"]), "uncertainty_margin": float(options["uncertainty_margin"]),
             "uncertainty_weight": float(options["uncertainty_weight"]),
@@ -181,10 +188,10 @@ def train_segmentation(
         }
     else:
         for key, value in given.items():
-            if value is not None and key != "device" and value != saved.get(key):
+            if value is not None and key not in _RESUMABLE and value != saved.get(key):
                 raise AmecamError(f"--{key} {value!r} differs from the run being resumed ({saved.get(key)!r}); "
                                   "resume with the same settings or start a new run")
-        settings = {**saved, "device": str(options["device"])}
+        settings = {**saved, **{key: options[key] for key in _RESUMABLE}}
         settings.pop(_DATA_KEY, None)
     for name in ("image_size",):
         if settings[name] % 16 or settings[name] < 32:
@@ -240,6 +247,7 @@ def train_segmentation(
             seed=settings["seed"], label_source="masks" if settings["supervised"] else "pseudo",
             uncertainty_margin=0.0 if settings["crf"] else settings["uncertainty_margin"],
             uncertainty_weight=settings["uncertainty_weight"], resume=resume, progress=progress,
+            nproc_per_node=settings["nproc_per_node"], summary=output / "models" / "seg.json",
         )[-1]
         network = instantiate_network(output)
         network.load_state_dict(torch.load(output / "models" / "model.pt", map_location="cpu", weights_only=True))

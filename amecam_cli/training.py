@@ -3,7 +3,8 @@
 The run folder starts as a copy of the packaged bundle template, so it carries the code and configs
 it was trained with. Each stage runs through MONAI's ``ConfigWorkflow`` on the run's own
 ``configs/train_stage*.yaml`` with the resolved settings as overrides -- the same thing
-``python -m monai.bundle run`` does. Settings are merged in one place (:func:`resolve_settings`):
+``python -m monai.bundle run`` does; with ``--nproc_per_node N`` it runs ``torchrun`` instead, one
+process per GPU with DistributedDataParallel (the bundle's ``configs/multi_gpu_train.yaml``). Settings are merged in one place (:func:`resolve_settings`):
 code defaults, then an optional YAML/JSON settings file, then the command line; the result is logged
 and saved in ``configs/amecam_train.json``, and ``--resume`` reuses it.
 """
@@ -16,7 +17,10 @@ import json
 import logging
 import math
 import os
+import re
+import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -81,6 +85,8 @@ class TrainSettings:
     skull_strip: bool = False
     fusion: str = "mean"
     device: str = "auto"
+    #: training processes (one per GPU) started with torchrun; 1 = train in this process
+    nproc_per_node: int = 1
     slice_labels: str | None = None
     #: naming pattern of the data (see amecam_cli.cases), kept so that --resume and train-seg find the same files
     pattern: str | None = None
@@ -89,7 +95,7 @@ class TrainSettings:
         from .cases import parse_modalities
 
         self.modalities = parse_modalities(self.modalities)
-        for name in ("epochs", "attention_epochs", "pretrain_epochs", "image_size", "stem_stride", "batch_size", "seed"):
+        for name in ("epochs", "attention_epochs", "pretrain_epochs", "image_size", "stem_stride", "batch_size", "seed", "nproc_per_node"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise AmecamError(f"--{name} must be a whole number, got {value!r}")
@@ -132,9 +138,10 @@ class TrainSettings:
         from amecam_bundle.scripts.device import resolve_device
 
         try:  # a GPU this machine lacks fails now, not after the data is sliced
-            resolve_device(self.device)
+            device = resolve_device(self.device)
         except ValueError as exc:
             raise AmecamError(f"--device: {exc}") from exc
+        check_nproc_per_node(self.nproc_per_node, device)
         if self.slice_labels is not None:
             if not isinstance(self.slice_labels, (str, os.PathLike)) or not str(self.slice_labels).strip():
                 raise AmecamError(f"--slice_labels must be the path of a CSV file, got {self.slice_labels!r}")
@@ -148,8 +155,32 @@ class TrainSettings:
         return out
 
 
-#: settings that may differ when resuming (they do not change what is trained)
-RESUMABLE_CHANGES = ("device", "fusion")
+#: settings that may differ when resuming (they do not change what is trained, only where and how fast)
+RESUMABLE_CHANGES = ("device", "fusion", "nproc_per_node")
+#: the bundle config added to a training config to run it in several processes
+MULTI_GPU_CONFIG = "multi_gpu_train.yaml"
+
+
+def check_nproc_per_node(nproc: Any, device: Any) -> int:
+    """``--nproc_per_node`` as a whole number >= 1 that this machine can run (at most one process per GPU)."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise AmecamError(f"--nproc_per_node must be a whole number >= 1 (training processes, one per GPU), got {nproc!r}")
+    from amecam_bundle.scripts.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # every process would slice the data and write the same bundle
+        raise AmecamError(f"amecam starts its own training processes: run it once, with --nproc_per_node N, not under torchrun "
+                          f"(WORLD_SIZE is {os.environ.get('WORLD_SIZE')})")
+    if nproc > 1 and device.type == "cuda":
+        import torch
+
+        if device.index is not None:
+            raise AmecamError(f"--nproc_per_node {nproc} gives each process its own GPU: use --device cuda (or auto), not {device}")
+        if nproc > torch.cuda.device_count():
+            raise AmecamError(f"--nproc_per_node must be at most the number of GPUs ({torch.cuda.device_count()}), got {nproc}")
+    if nproc > 1 and device.type == "cpu":
+        logger.warning("--nproc_per_node %d on the CPU: the processes share its cores, which is slower than one process "
+                       "(useful to check a multi-GPU set-up without GPUs)", nproc)
+    return nproc
 
 
 def _read_settings_file(path: Path) -> dict:
@@ -225,8 +256,15 @@ def _bundle_on_path(root: Path) -> Iterator[None]:
         _purge_scripts_modules()
 
 
-def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
-    """Run ``root/configs/<config>`` with MONAI's ``ConfigWorkflow`` and return what its ``run`` gave."""
+def run_config(root: Path, config: str, *, nproc_per_node: int = 1, summary: Path | None = None, **overrides: Any) -> list[Any]:
+    """Run ``root/configs/<config>`` with MONAI's ``ConfigWorkflow`` and return what its ``run`` gave.
+
+    With ``nproc_per_node`` > 1 it runs in that many ``torchrun`` processes instead (see
+    :func:`run_config_torchrun`), and returns the stage's ``summary`` file, read back, as the last entry.
+    """
+    if nproc_per_node > 1:
+        run_config_torchrun(root, config, nproc_per_node, **overrides)
+        return [json.loads(summary.read_text(encoding="utf-8"))] if summary is not None else []
     import yaml
     from monai.bundle import ConfigWorkflow
 
@@ -256,6 +294,47 @@ def run_config(root: Path, config: str, **overrides: Any) -> list[Any]:
             for item, level in zip(quiet, levels):
                 item.setLevel(level)
     return result
+
+
+#: a log line of the bundle's logging.conf: "2026-12-05 16:11:35,521 - amecam.train - INFO - message"
+_BUNDLE_LOG_LINE = re.compile(r"^\S+ \S+ - (amecam[\w.]*) - ([A-Z]+) - (.*)$")
+
+
+def _cli_value(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def run_config_torchrun(root: Path, config: str, nproc_per_node: int, **overrides: Any) -> None:
+    """Run ``root/configs/<config>`` with ``configs/multi_gpu_train.yaml`` in ``nproc_per_node`` processes.
+
+    The command is ``torchrun --standalone --nproc_per_node N -m monai.bundle run ...``, the one a user
+    of the bundle types. Its log lines come back through amecam's loggers (so they reach the run's
+    ``logs/train.log``); its progress bars and errors go straight to the terminal.
+    """
+    root = root.resolve()  # the processes' paths must not depend on their working folder
+    overrides = {key: str(Path(value).resolve()) if key in ("bundle_root", "dataset_dir") else value for key, value in overrides.items()}
+    extra = root / "configs" / MULTI_GPU_CONFIG
+    if not extra.is_file():
+        raise AmecamError(f"{root}: this bundle's configs have no {MULTI_GPU_CONFIG} (made before 0.5.12): train it in one process")
+    configs = [str(root / "configs" / config), str(extra)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+           "-m", "monai.bundle", "run", "--config_file", str(configs), "--meta_file", str(root / "configs" / "metadata.json")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", _cli_value(value)]
+    logger.info("running %s in %d processes: %s", config, nproc_per_node, shlex.join(cmd))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("PYTHONWARNINGS", "ignore:parsing config_file:UserWarning")  # MONAI's trust notice, once per process
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))  # the cores shared out (torchrun's banner otherwise)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace") as proc:
+        for line in proc.stdout:
+            match = _BUNDLE_LOG_LINE.match(line.rstrip("\n"))
+            if match:
+                logging.getLogger(match[1]).log(logging.getLevelNamesMapping().get(match[2], logging.INFO), match[3])
+            else:
+                logger.debug("%s", line.rstrip("\n"))
+        status = proc.wait()
+    if status:
+        raise AmecamError(f"{config} in {nproc_per_node} torchrun processes failed (exit status {status}; the processes' own report is above)")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -596,7 +675,7 @@ def train_bundle(
         metadata.setdefault("preprocessing", {})["skull_strip"] = resolved.skull_strip
         write_metadata(output, metadata)
         common = dict(bundle_root=str(output), dataset_dir=str(slices), device=resolved.device, seed=resolved.seed,
-                      batch_size=resolved.batch_size, progress=progress)
+                      batch_size=resolved.batch_size, progress=progress, nproc_per_node=resolved.nproc_per_node)
         models = output / "models"
         summaries: dict[str, dict] = {}
         if resolved.pretrain == "simclr":
@@ -626,6 +705,7 @@ def _run_stage(root: Path, config: str, summary: Path, product: Path, *, resume:
     if resume and summary.is_file() and product.is_file():
         logger.info("%s: already complete, skipped", config)
         return json.loads(summary.read_text(encoding="utf-8"))
-    logger.info("running %s", config)
-    result = run_config(root, config, resume=resume, **overrides)
+    if overrides.get("nproc_per_node", 1) == 1:  # else run_config_torchrun says it, with the command
+        logger.info("running %s", config)
+    result = run_config(root, config, resume=resume, summary=summary, **overrides)
     return result[-1] if result else {}

@@ -165,6 +165,8 @@ def test_refuses_to_train_into_a_used_folder_or_resume_nothing(tmp_path, tiny_da
         ({"pretrain": "simclr", "pretrain_epochs": 0}, "--pretrain_epochs must be >= 1 with --pretrain simclr"),
         ({"val_fraction": 1.0}, "--val_fraction must be in [0, 1), got 1.0"),
         ({"ambiguous": "maybe"}, "--ambiguous must be one of"),
+        ({"nproc_per_node": 0}, "--nproc_per_node must be a whole number >= 1 (training processes, one per GPU), got 0"),
+        ({"nproc_per_node": True}, "--nproc_per_node must be a whole number"),
     ],
 )
 def test_bad_settings_are_refused_before_the_run_folder_is_made(tmp_path, tiny_dataset, given, message):
@@ -215,6 +217,33 @@ def test_simclr_pretraining_feeds_stage_1(tmp_path):
     assert (run / "models" / "simclr_encoder.pt").is_file()
     assert "encoder initialised from" in (run / "logs" / "train.log").read_text(encoding="utf-8")
     assert json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["pretrain"] == "simclr"
+
+
+def test_nproc_per_node_trains_every_stage_with_torchrun(tmp_path, caplog):
+    """--nproc_per_node 2 runs stages 0, 1 and 2 each in two torchrun processes (CPU processes here, as GPUs
+    would be): their log reaches the run's train.log, and the bundle is complete."""
+    data = tmp_path / "data"
+    for i in range(4):
+        write_brats_case(data, f"C{i}", seed=i)
+    run = tmp_path / "run"
+    settings = {**TINY_SETTINGS, "epochs": 1, "pretrain": "simclr", "pretrain_epochs": 1, "nproc_per_node": 2}
+    with caplog.at_level("WARNING"):
+        result = train_bundle(data, run, settings=settings, progress=False)
+    assert "the processes share its cores" in caplog.text
+    assert {name: summary["processes"] for name, summary in result["summaries"].items()} == {"stage0": 2, "stage1": 2, "stage2": 2}
+    log = (run / "logs" / "train.log").read_text(encoding="utf-8")
+    for stage in ("stage 0 (SimCLR)", "stage 1", "stage 2"):
+        assert re.search(rf"amecam.train INFO: {re.escape(stage)}: .*, 2 processes \(batch 4 each\)", log), stage
+    assert "encoder initialised from" in log
+    assert (run / "models" / "model.ts").is_file()
+    assert json.loads((run / "configs" / "amecam_train.json").read_text(encoding="utf-8"))["nproc_per_node"] == 2
+
+
+def test_amecam_train_under_torchrun_is_refused(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: each process would write the same bundle
+    with pytest.raises(AmecamError, match="run it once, with --nproc_per_node N, not under torchrun"):
+        train_bundle(tiny_dataset, tmp_path / "run", settings=dict(TINY_SETTINGS), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_multi_channel_training_with_the_fast_stem(tmp_path, tiny_dataset):
