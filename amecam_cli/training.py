@@ -300,6 +300,21 @@ def run_config(root: Path, config: str, *, nproc_per_node: int = 1, summary: Pat
 _BUNDLE_LOG_LINE = re.compile(r"^\S+ \S+ - (amecam[\w.]*) - ([A-Z]+) - (.*)$")
 
 
+#: ``torchrun`` (``python -m torch.distributed.run``), ending quietly when interrupted: amecam's own message says
+#: how to resume, and the launcher's traceback would bury it
+_TORCHRUN = """import sys
+try:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+    try:
+        main()
+    except SignalException as exc:
+        sys.exit(128 + int(exc.sigval))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
 def _cli_value(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
@@ -317,11 +332,12 @@ def run_config_torchrun(root: Path, config: str, nproc_per_node: int, **override
     if not extra.is_file():
         raise AmecamError(f"{root}: this bundle's configs have no {MULTI_GPU_CONFIG} (made before 0.5.12): train it in one process")
     configs = [str(root / "configs" / config), str(extra)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-           "-m", "monai.bundle", "run", "--config_file", str(configs), "--meta_file", str(root / "configs" / "metadata.json")]
+    args = ["--standalone", f"--nproc_per_node={nproc_per_node}", "-m", "monai.bundle", "run",
+            "--config_file", str(configs), "--meta_file", str(root / "configs" / "metadata.json")]
     for key, value in overrides.items():
-        cmd += [f"--{key}", _cli_value(value)]
-    logger.info("running %s in %d processes: %s", config, nproc_per_node, shlex.join(cmd))
+        args += [f"--{key}", _cli_value(value)]
+    logger.info("running %s in %d processes: %s", config, nproc_per_node, shlex.join(["torchrun", *args]))
+    cmd = [sys.executable, "-c", _TORCHRUN, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("PYTHONWARNINGS", "ignore:parsing config_file:UserWarning")  # MONAI's trust notice, once per process
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))  # the cores shared out (torchrun's banner otherwise)

@@ -219,6 +219,24 @@ def test_one_line_errors_are_only_the_bundles_own_input_checks():
     assert sys.excepthook is before
 
 
+def test_an_interrupted_bundle_run_says_so_in_one_line(monkeypatch, capsys):
+    """Ctrl-C in python -m monai.bundle run: one line, not a traceback; under torchrun the launcher reports it once
+    (two processes printed about 80 lines each)."""
+    from amecam_bundle.scripts.errors import _hook
+
+    shown = []
+    for env in ({}, {"RANK": "1"}, {"AMECAM_TRACEBACK": "1"}):
+        for key in ("RANK", "AMECAM_TRACEBACK"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        _hook(KeyboardInterrupt, KeyboardInterrupt(), None, fallback=lambda *args: shown.append(args[0]))
+        shown.append(capsys.readouterr().err)
+    assert shown[0].startswith("interrupted (checkpoints are kept") and shown[0].count("\n") == 1
+    assert shown[1] == ""
+    assert shown[2:] == [KeyboardInterrupt, ""]  # AMECAM_TRACEBACK=1: Python's own report
+
+
 def test_bundle_missing_files_and_unwritable_outputs_are_named(tmp_path):
     """A slice folder without dataset.json, a slice array missing under it, an output folder that cannot be
     written: each named in one line (the last was found only after the whole volume had been predicted)."""

@@ -45,6 +45,10 @@ def input_error(exc: BaseException | None) -> str | None:
 
 
 def _hook(kind, exc, tb, *, fallback=sys.__excepthook__):
+    if issubclass(kind, KeyboardInterrupt) and not os.environ.get("AMECAM_TRACEBACK"):
+        if "RANK" not in os.environ:  # under torchrun the launcher says it, once for all processes
+            print("interrupted (checkpoints are kept: --resume true continues a training run)", file=sys.stderr)
+        return
     message = None if os.environ.get("AMECAM_TRACEBACK") else input_error(exc)
     if message is None:
         fallback(kind, exc, tb)
