@@ -23,8 +23,9 @@ from .bundle import instantiate_network, monai_run_command, open_bundle, read_me
 from .errors import AmecamError
 from .training import (
     _DATA_KEY, TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
-    attach_run_log, check_nproc_per_node, detach_run_log, export_torchscript, run_config, save_run_settings, saved_data,
+    attach_run_log, detach_run_log, export_torchscript, save_run_settings, saved_data,
 )
+from .workflow import check_nproc_per_node, run_config
 
 __all__ = ["write_pseudo_labels", "train_segmentation"]
 

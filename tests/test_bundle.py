@@ -44,7 +44,7 @@ def test_a_hand_edited_config_with_a_yaml_slip_is_named_in_one_line(tmp_path, ti
     """MONAI users edit configs/*.yaml; a slip gave a YAML traceback from verify, cam and --resume."""
     import shutil
 
-    from amecam_cli.training import run_config
+    from amecam_cli.workflow import run_config
 
     edited = tmp_path / "edited"
     shutil.copytree(tiny_bundle, edited, ignore=shutil.ignore_patterns("slices", "checkpoints"))
