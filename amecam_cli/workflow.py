@@ -47,8 +47,8 @@ def check_nproc_per_node(nproc: Any, device: Any) -> int:
         if nproc > torch.cuda.device_count():
             raise AmecamError(f"--nproc_per_node must be at most the number of GPUs ({torch.cuda.device_count()}), got {nproc}")
     if nproc > 1 and device.type == "cpu":
-        logger.warning("--nproc_per_node %d on the CPU: the processes share its cores, which is slower than one process "
-                       "(useful to check a multi-GPU set-up without GPUs)", nproc)
+        logger.warning("--nproc_per_node %d on the CPU: the processes share its cores (2 processes on 2 cores took 1.2x as long "
+                       "as one, docs/benchmarks.md section 7); it is meant for several GPUs", nproc)
     return nproc
 
 
