@@ -109,16 +109,20 @@ def run_config(root: Path, config: str, *, nproc_per_node: int = 1, summary: Pat
 _BUNDLE_LOG_LINE = re.compile(r"^\S+ \S+ - (amecam[\w.]*) - ([A-Z]+) - (.*)$")
 
 
-#: ``torchrun`` (``python -m torch.distributed.run``), ending quietly when interrupted: amecam's own message says
-#: how to resume, and the launcher's traceback would bury it
+#: ``torchrun`` (``python -m torch.distributed.run``) without its launcher's traceback when interrupted or when a
+#: process fails: the processes' own report and amecam's last line (how to resume, what failed) say it, and the
+#: launcher's 30 lines would bury them
 _TORCHRUN = """import sys
 try:
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
     try:
         main()
     except SignalException as exc:
         sys.exit(128 + int(exc.sigval))
+    except ChildFailedError:
+        sys.exit(1)
 except KeyboardInterrupt:
     sys.exit(130)
 """
