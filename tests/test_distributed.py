@@ -55,6 +55,31 @@ def test_two_processes_train_in_step(tmp_path, tiny_bundle):
         assert not any(path.name.startswith(".") for path in weights.parent.iterdir())  # no half-written file left
 
 
+def test_two_processes_train_as_one_process_with_their_batches_together(tmp_path, tiny_bundle):
+    """Without augmentation, two processes of batch 4 take the same steps as one process of batch 8: every norm
+    is per image, process r's k-th batch is positions r, r+2, ... of the one process's k-th batch, and DDP's
+    averaged gradient is the batch-8 gradient. So the epoch's loss and the weights agree up to float rounding
+    (which Adam amplifies to about a learning rate per step where a gradient is near zero)."""
+    from amecam_cli.workflow import run_config
+
+    runs = {}
+    for name in ("ddp", "single"):
+        root = runs[name] = tmp_path / name
+        root.mkdir()
+        for folder in ("configs", "scripts", "slices"):
+            shutil.copytree(tiny_bundle / folder, root / folder)
+    proc = _torchrun(runs["ddp"], "train_stage1.yaml", "--epochs", "1", "--trainer#augmentation", "false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_config(runs["single"], "train_stage1.yaml", bundle_root=str(runs["single"]), epochs=1, batch_size=8, device="cpu",
+               progress=False, **{"trainer#augmentation": False})
+    losses = [json.loads((runs[name] / "models" / "stage1.json").read_text())["history"][0]["train_loss"] for name in runs]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3), losses
+    weights = [torch.load(runs[name] / "models" / "classifier.pt", map_location="cpu", weights_only=True) for name in runs]
+    gaps = [(weights[0][key].float() - weights[1][key].float()).abs() for key in weights[0] if weights[0][key].is_floating_point()]
+    assert max(float(gap.max()) for gap in gaps) < 0.02  # 5 Adam steps of learning rate 0.001
+    assert float(torch.cat([gap.flatten() for gap in gaps]).mean()) < 1e-3
+
+
 def test_shards_are_disjoint_and_equal():
     processes = Processes("false", "cpu")
     order = np.arange(11) * 3

@@ -234,6 +234,7 @@ class _Stage:
         channels_last: bool = True,
         amp: bool = True,
         affine_augmentation: bool = False,
+        augmentation: bool = True,
         num_threads: int | None = None,
         distributed: bool | str = "auto",
     ) -> None:
@@ -251,6 +252,7 @@ class _Stage:
         self.channels_last = switch(channels_last, "channels_last")
         self.amp = switch(amp, "amp") and self.device.type == "cuda"
         self.affine = switch(affine_augmentation, "affine_augmentation")
+        self.augmentation = switch(augmentation, "augmentation")
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.checkpoint_path = self.output_dir / "checkpoints" / f"{self.name}.pt"
@@ -278,6 +280,12 @@ class _Stage:
         """The augmentation generator of an epoch; each torchrun process draws its own (process 0's is
         the single-process one)."""
         return torch.Generator().manual_seed((self.seed * 1000 + offset) * self.processes.world_size + self.processes.rank)
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator, **kwargs):
+        """``augment`` (flips, intensity, optionally affine), or ``x`` untouched with ``augmentation=False``."""
+        if not self.augmentation:
+            return x if kwargs.get("target") is None else (x, kwargs["target"])
+        return augment(x, generator, affine=self.affine and kwargs.get("target") is None, **kwargs)
 
     def _load_checkpoint(self) -> dict | None:
         if not (self.resume and self.checkpoint_path.exists()):
@@ -379,7 +387,7 @@ class ClassifierTrainer(_Stage):
             total, seen, started = torch.zeros((), device=self.device), 0, time.perf_counter()
             with self._bar(len(order), f"stage 1 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, y in train.batches(order, self.batch_size):
-                    x = self._to_device(augment(x, generator, affine=self.affine))
+                    x = self._to_device(self._augment(x, generator))
                     with self._autocast():
                         logits, _ = model(x)
                         loss = self.loss(logits.float(), y.to(self.device))
@@ -503,7 +511,7 @@ class AttentionTrainer(_Stage):
             totals, seen, started = {k: torch.zeros((), device=self.device) for k in ("ff", "fb", "bb", "loss")}, 0, time.perf_counter()
             with self._bar(len(order), f"stage 2 epoch {epoch + 1}/{self.epochs}") as bar:
                 for x, _ in train.batches(order, self.batch_size):
-                    x = self._to_device(augment(x, generator, affine=self.affine))
+                    x = self._to_device(self._augment(x, generator))
                     with self._autocast():
                         terms = self._contrastive(x, aggregator)
                     optimizer.zero_grad(set_to_none=True)

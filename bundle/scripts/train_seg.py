@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import SliceSet, augment, balanced_epoch
+from .data import SliceSet, balanced_epoch
 from .networks import SegmentationNet
 from .options import number
 from .train import _Stage, logger, set_determinism
@@ -130,7 +130,7 @@ class SegmentationTrainer(_Stage):
                     indices = order[begin : begin + self.batch_size]
                     x, _ = train.batch(indices)
                     target, weight = self._targets(train, indices)
-                    x, pair = augment(x, generator, target=torch.stack([target, weight], dim=1))
+                    x, pair = self._augment(x, generator, target=torch.stack([target, weight], dim=1))
                     target, weight = pair[:, 0].to(self.device), pair[:, 1].to(self.device)
                     with self._autocast():
                         logits = model(self._to_device(x))
