@@ -49,15 +49,17 @@ def main() -> None:
         stage1 = json.loads((run / "models" / "stage1.json").read_text(encoding="utf-8"))
         stage2 = json.loads((run / "models" / "stage2.json").read_text(encoding="utf-8"))
         rows[nproc] = {"wall_s": wall, "stage1_slices_per_s": _rate(stage1), "stage2_slices_per_s": _rate(stage2),
+                       "stage1_train_loss": [record["train_loss"] for record in stage1["history"]],
                        "best_val_auc": stage1["best_val_auc"], "effective_batch": nproc * args.batch_size}
     summary = {"machine": machine(), "settings": vars(args) | {"out": str(args.out)}, "runs": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"\n{summary['machine']}\n")
-    print("| processes | effective batch | stage 1 slices/s | stage 2 slices/s | whole command (s) | validation AUC |")
-    print("|---|---|---|---|---|---|")
+    print("| processes | effective batch | stage 1 slices/s | stage 2 slices/s | whole command (s) | stage-1 train loss per epoch | validation AUC |")
+    print("|---|---|---|---|---|---|---|")
     for nproc, row in rows.items():
+        losses = " / ".join(f"{loss:.3f}" for loss in row["stage1_train_loss"])
         print(f"| {nproc} | {row['effective_batch']} | {row['stage1_slices_per_s']:.1f} | {row['stage2_slices_per_s']:.1f} | "
-              f"{row['wall_s']:.0f} | {row['best_val_auc']:.3f} |")
+              f"{row['wall_s']:.0f} | {losses} | {row['best_val_auc']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -108,8 +108,9 @@ class Processes:
 
     def shard(self, order: Sequence[int] | np.ndarray) -> np.ndarray:
         """This process's share of an epoch's ``order``: every ``world_size``-th position, the same
-        count in every process (DDP needs as many backward passes in each); the last
-        ``len(order) % world_size`` positions are left for the next epoch's draw."""
+        count in every process (DDP needs as many backward passes in each), so that process r's k-th
+        batch holds every ``world_size``-th slice of the one-process k-th batch of ``world_size x batch``.
+        The last ``len(order) % world_size`` positions are skipped this epoch (the next one draws anew)."""
         order = np.asarray(order)
         if not self.enabled:
             return order
