@@ -23,6 +23,19 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def bundle_torchrun(root: Path, config: str, *args: str, nproc: int = 2, device: str = "cpu", timeout: float = 300):
+    """The bundle's multi-process command: ``torchrun ... -m monai.bundle run`` with ``configs/multi_gpu_train.yaml``
+    after ``config``, in the bundle folder ``root``, one thread per process, batch 4 and no progress bars."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "monai.bundle", "run", "--config_file", str([f"configs/{config}", "configs/multi_gpu_train.yaml"]),
+           "--bundle_root", ".", "--device", device, "--batch_size", "4", "--progress", "false", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=timeout)
+
+
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray = LPS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, affine), str(path))

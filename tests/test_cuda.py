@@ -18,7 +18,7 @@ import torch
 
 from amecam_cli.cli import main
 
-from .conftest import TINY_SETTINGS, planted_case, save_nifti, write_brats_case
+from .conftest import TINY_SETTINGS, bundle_torchrun, planted_case, save_nifti, write_brats_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 
@@ -121,10 +121,7 @@ def test_torchrun_trains_with_nccl_on_the_gpus(tmp_path, cuda_bundle):
     for name in ("configs", "scripts", "slices"):
         shutil.copytree(cuda_bundle / name, root / name)
     nproc = min(2, torch.cuda.device_count())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle", "run",
-           "--config_file", "['configs/train_stage1.yaml','configs/multi_gpu_train.yaml']", "--bundle_root", ".",
-           "--device", "cuda", "--epochs", "1", "--batch_size", "4", "--progress", "false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    proc = bundle_torchrun(root, "train_stage1.yaml", "--epochs", "1", nproc=nproc, device="cuda", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((root / "models" / "stage1.json").read_text())
     assert summary["processes"] == nproc

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,13 +11,7 @@ import torch
 
 from amecam_bundle.scripts.distributed import Processes
 
-
-def _torchrun(root, config, *args, nproc=2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "monai.bundle", "run", "--config_file", str([f"configs/{config}", "configs/multi_gpu_train.yaml"]),
-           "--bundle_root", ".", "--device", "cpu", "--batch_size", "4", "--progress", "false", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+from .conftest import bundle_torchrun
 
 
 def test_two_processes_train_in_step(tmp_path, tiny_bundle):
@@ -34,7 +25,7 @@ def test_two_processes_train_in_step(tmp_path, tiny_bundle):
     runs = (("train_stage1.yaml", "--epochs", "2"),
             ("train_seg.yaml", "--epochs", "1", "--label_source", "masks", "--models_dir", str(tmp_path / "unet")))
     for config, *args in runs:
-        proc = _torchrun(root, config, *args)
+        proc = bundle_torchrun(root, config, *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "2 processes (batch 4 each)" in proc.stdout + proc.stderr
     stage1 = json.loads((root / "models" / "stage1.json").read_text())
@@ -68,7 +59,7 @@ def test_two_processes_train_as_one_process_with_their_batches_together(tmp_path
         root.mkdir()
         for folder in ("configs", "scripts", "slices"):
             shutil.copytree(tiny_bundle / folder, root / folder)
-    proc = _torchrun(runs["ddp"], "train_stage1.yaml", "--epochs", "1", "--trainer#augmentation", "false")
+    proc = bundle_torchrun(runs["ddp"], "train_stage1.yaml", "--epochs", "1", "--trainer#augmentation", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_config(runs["single"], "train_stage1.yaml", bundle_root=str(runs["single"]), epochs=1, batch_size=8, device="cpu",
                progress=False, **{"trainer#augmentation": False})
