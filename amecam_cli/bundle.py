@@ -89,10 +89,10 @@ def read_metadata(root: Path) -> dict:
 
 
 def write_metadata(root: Path, metadata: dict) -> None:
-    path = root / "configs" / "metadata.json"
-    tmp = path.with_name(".metadata.json.tmp")
-    tmp.write_text(json.dumps(metadata, indent=4) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from .io import atomic_path
+
+    with atomic_path(root / "configs" / "metadata.json") as tmp:
+        tmp.write_text(json.dumps(metadata, indent=4) + "\n", encoding="utf-8")
 
 
 def _cache_root() -> Path:
@@ -348,10 +348,11 @@ def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = Non
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AmecamError(f"{output}: cannot create folder ({exc.strerror})") from exc
+    from .io import atomic_path
+
     top = output.stem
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name in EXPORTED:
                 source = root / name
                 if source.is_dir():
@@ -361,9 +362,7 @@ def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = Non
                             zf.write(file, f"{top}/{file.relative_to(root).as_posix()}")
                 elif source.is_file():
                     zf.write(source, f"{top}/{name}")
-        os.replace(tmp, output)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise AmecamError(f"{output}: cannot write ({exc.strerror or exc})") from exc
     return output
 

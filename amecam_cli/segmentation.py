@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from . import __version__
 from .bundle import instantiate_network, monai_run_command, open_bundle, read_metadata, write_metadata
 from .errors import AmecamError
+from .io import atomic_path
 from .training import (
     _DATA_KEY, TrainSettings, _check_slice_dataset, _is_slice_dataset, _labelled_cases, _prepare_run_folder, _saved_settings, _slice_if_needed,
     attach_run_log, detach_run_log, export_torchscript, save_run_settings, saved_data,
@@ -74,10 +74,8 @@ def write_pseudo_labels(slices: Path, bundle, *, crf: bool = False, batch_size: 
             maps[tumour_rows] = final.astype(np.float16)
             counts["tumour_slices"] += len(tumour_rows)
             counts["mean_fraction"].append(float((final >= 0.5).mean()))
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
             np.save(handle, maps)
-        os.replace(tmp, target)
     counts["mean_fraction"] = float(np.mean(counts["mean_fraction"])) if counts["mean_fraction"] else 0.0
     return counts
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 from . import __version__
 from .bundle import copy_template, monai_run_command, read_metadata, write_metadata
 from .errors import AmecamError, one_line_reason
+from .io import atomic_path
 from .workflow import check_nproc_per_node, run_config
 
 __all__ = ["TrainSettings", "resolve_settings", "train_bundle"]
@@ -408,9 +409,8 @@ def export_torchscript(root: Path, network: Any, image_size: int, in_channels: i
     if difference > 1e-4:
         raise RuntimeError(f"TorchScript trace differs from the eager network by {difference:.2e}")
     path = root / "models" / "model.ts"
-    tmp = path.with_name(".model.ts.tmp")
-    torch.jit.save(traced, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp))
     return path
 
 

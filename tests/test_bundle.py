@@ -237,6 +237,32 @@ def test_an_interrupted_bundle_run_says_so_in_one_line(monkeypatch, capsys):
     assert shown[2:] == [KeyboardInterrupt, ""]  # AMECAM_TRACEBACK=1: Python's own report
 
 
+def test_each_config_says_what_an_interruption_leaves():
+    """Only a training config's Ctrl-C line suggests --resume: inference and evaluation configs have no resume, and
+    inference writes each file whole (a temporary name, then a rename), so it says that instead."""
+    import yaml
+
+    from amecam_bundle.scripts.errors import _hook
+
+    lines = {}
+    for config in sorted((bundle_template() / "configs").glob("*.yaml")):
+        for entry in yaml.safe_load(config.read_text()).get("run", []):
+            if isinstance(entry, dict) and entry.get("_target_") == "scripts.errors.one_line_errors":
+                lines[config.stem] = entry.get("interrupted")
+    assert set(lines) == {"train_stage0", "train_stage1", "train_stage2", "train_seg", "inference", "inference_seg",
+                          "evaluate"}
+    for stem, interrupted in lines.items():
+        assert interrupted, f"{stem}.yaml says nothing about an interruption"
+        assert ("--resume" in interrupted) == stem.startswith("train"), (stem, interrupted)
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        _hook(KeyboardInterrupt, KeyboardInterrupt(), None, interrupted=lines["inference"])
+    assert err.getvalue() == f"interrupted ({lines['inference']})\n"
+
+
 def test_bundle_missing_files_and_unwritable_outputs_are_named(tmp_path):
     """A slice folder without dataset.json, a slice array missing under it, an output folder that cannot be
     written: each named in one line (the last was found only after the whole volume had been predicted)."""
@@ -480,3 +506,41 @@ def test_training_configs_refuse_bad_numbers_and_words_by_name(tmp_path):
                                    ("uncertainty_margin", "wide", "uncertainty_margin must be a number in [0, 0.5], got 'wide'")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             SegmentationTrainer(SegmentationNet(1), **{**common, option: value})
+
+
+def test_an_interrupted_bundle_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The bundle writes a mask under a temporary name and renames it; a write that fails or is interrupted half-way
+    leaves neither the mask nor the temporary file."""
+    import nibabel
+
+    from amecam_bundle.scripts.inference import VolumePredictor
+
+    reference = nib.Nifti1Image(np.zeros((4, 4, 2), np.uint8), np.eye(4))
+
+    def half_written(image, name):
+        Path(name).write_bytes(b"\x00" * 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nibabel, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        VolumePredictor._save_nifti(np.ones((4, 4, 2), np.uint8), reference, str(tmp_path / "mask.nii.gz"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_export_leaves_no_partial_zip(tmp_path, tiny_bundle, monkeypatch):
+    """Ctrl-C half-way through amecam export: no zip under the final name and no temporary one beside it."""
+    written = []
+
+    def interrupted_after_two(self, filename, arcname=None, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(arcname)
+        return original(self, filename, arcname, *args, **kwargs)
+
+    original = zipfile.ZipFile.write
+    monkeypatch.setattr(zipfile.ZipFile, "write", interrupted_after_two)
+    out = tmp_path / "shared"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(tiny_bundle, out / "amecam_flair_v0.2.0.zip")
+    assert len(written) == 2 and list(out.iterdir()) == []

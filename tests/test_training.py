@@ -418,3 +418,22 @@ def test_fusion_is_refused_on_a_run_whose_configs_predate_it(tmp_path, tiny_bund
     err = capsys.readouterr().err
     assert code == 2 and "--fusion must be one of mean, attention, got 'median'" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_alone(tmp_path, monkeypatch):
+    """Ctrl-C while a checkpoint is being written: the last whole checkpoint stays, no half-written temporary file
+    is left beside it."""
+    from amecam_bundle.scripts import train
+
+    path = tmp_path / "checkpoint.pt"
+    train._save({"epoch": 1}, path)
+
+    def half_written(obj, name):
+        Path(name).write_bytes(b"\x00" * 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        train._save({"epoch": 2}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert torch.load(path)["epoch"] == 1

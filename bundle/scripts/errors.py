@@ -10,6 +10,7 @@ a file it could not read or write (:func:`input_error`). Anything else, and any 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -44,10 +45,13 @@ def input_error(exc: BaseException | None) -> str | None:
     return None
 
 
-def _hook(kind, exc, tb, *, fallback=sys.__excepthook__):
+_TRAINING_INTERRUPTED = "checkpoints are kept: --resume true continues"
+
+
+def _hook(kind, exc, tb, *, fallback=sys.__excepthook__, interrupted: str = _TRAINING_INTERRUPTED):
     if issubclass(kind, KeyboardInterrupt) and not os.environ.get("AMECAM_TRACEBACK"):
         if "RANK" not in os.environ:  # under torchrun the launcher says it, once for all processes
-            print("interrupted (checkpoints are kept: --resume true continues a training run)", file=sys.stderr)
+            print(f"interrupted ({interrupted})", file=sys.stderr)
         return
     message = None if os.environ.get("AMECAM_TRACEBACK") else input_error(exc)
     if message is None:
@@ -56,8 +60,12 @@ def _hook(kind, exc, tb, *, fallback=sys.__excepthook__):
     print(f"error: {message} (AMECAM_TRACEBACK=1 shows the traceback)", file=sys.stderr)
 
 
-def one_line_errors() -> None:
-    """Install the one-line report in a ``python -m monai.bundle`` process; elsewhere (amecam, tests) do nothing."""
+def one_line_errors(interrupted: str = _TRAINING_INTERRUPTED) -> None:
+    """Install the one-line report in a ``python -m monai.bundle`` process; elsewhere (amecam, tests) do nothing.
+
+    ``interrupted`` is what the config's Ctrl-C line says the interruption leaves behind (each config sets its own:
+    only training has checkpoints and ``--resume``).
+    """
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name in ("monai.bundle.__main__", "monai.bundle"):
-        sys.excepthook = _hook
+        sys.excepthook = functools.partial(_hook, interrupted=interrupted)

@@ -339,5 +339,8 @@ class VolumePredictor:
         image.header.set_slope_inter(1.0, 0.0)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(f".tmp-{Path(path).name}")  # same extension: nibabel compresses by name
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
+        try:
+            nib.save(image, str(tmp))
+            os.replace(tmp, path)
+        finally:  # a failed or interrupted write leaves no half-written file behind
+            tmp.unlink(missing_ok=True)

@@ -209,8 +209,11 @@ def _save(obj: Any, path: Path) -> None:
     with a bare ``torch.load`` on a machine without one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(_on_cpu(obj), tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(_on_cpu(obj), tmp)
+        os.replace(tmp, path)
+    finally:  # Ctrl-C while writing: the last whole file stays, no half-written one beside it
+        tmp.unlink(missing_ok=True)
 
 
 class _Stage:
@@ -321,8 +324,11 @@ class _Stage:
         if not self.processes.main:
             return summary
         tmp = self.summary_path.with_name(f".{self.summary_path.name}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.summary_path)
+        try:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.summary_path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return summary
 
 
