@@ -26,6 +26,7 @@ import torch
 from .postprocess import CRFParams, crf_refine_volume, remove_small_components
 from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
 from .device import resolve_device
+from .files import written_whole
 from .options import number, switch, whole
 from .weights import load_weights
 
@@ -338,9 +339,5 @@ class VolumePredictor:
         image = nib.Nifti1Image(array, reference.affine, header=header)
         image.header.set_slope_inter(1.0, 0.0)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(f".tmp-{Path(path).name}")  # same extension: nibabel compresses by name
-        try:
+        with written_whole(path, f".tmp-{Path(path).name}") as tmp:  # same extension: nibabel compresses by name
             nib.save(image, str(tmp))
-            os.replace(tmp, path)
-        finally:  # a failed or interrupted write leaves no half-written file behind
-            tmp.unlink(missing_ok=True)

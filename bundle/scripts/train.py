@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn as nn
 from .data import SliceSet, augment, balanced_epoch, simclr_views
 from .device import DEVICE_CHOICES, resolve_device  # re-exported: configs and callers name scripts.train.resolve_device
 from .distributed import Processes
+from .files import written_whole
 from .losses import AttentionContrastiveLoss, MultiExitBCELoss, NTXentLoss
 from .networks import EXIT_WEIGHTS, AMECAMNet, MultiExitResNet, brain_region
 from .options import number, switch, whole
@@ -208,12 +208,8 @@ def _save(obj: Any, path: Path) -> None:
     """Save ``obj`` atomically, its tensors on the CPU: weights trained on a GPU load anywhere, even
     with a bare ``torch.load`` on a machine without one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with written_whole(path) as tmp:  # Ctrl-C while writing: the last whole file stays
         torch.save(_on_cpu(obj), tmp)
-        os.replace(tmp, path)
-    finally:  # Ctrl-C while writing: the last whole file stays, no half-written one beside it
-        tmp.unlink(missing_ok=True)
 
 
 class _Stage:
@@ -323,12 +319,8 @@ class _Stage:
             summary["processes"] = self.processes.world_size
         if not self.processes.main:
             return summary
-        tmp = self.summary_path.with_name(f".{self.summary_path.name}.tmp")
-        try:
+        with written_whole(self.summary_path) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.summary_path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return summary
 
 
