@@ -158,6 +158,11 @@ def plan_jobs(
         if done:
             logger.info("--resume: %d of %d case(s) already have every output; skipping them", len(done), len(jobs))
         jobs = [job for job in jobs if job not in done]
+    outputs = [path for job in jobs for path in (job.mask_path, job.cam_path) if path is not None]
+    existing = [path for path in outputs if path.exists()] if len(jobs) > 1 and not (overwrite or resume) else []
+    if existing:  # an earlier (perhaps interrupted) run over the same cases: say both ways on
+        raise AmecamError(f"{existing[0]}: output already exists ({len(existing)} of the {len(outputs)} outputs exist): "
+                          "--resume segments only the rest, --overwrite replaces them")
     for job in jobs:
         if "mask" not in job.kept:
             check_writable(job.mask_path, overwrite=overwrite)

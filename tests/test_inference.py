@@ -88,6 +88,20 @@ def test_resume_segments_only_what_an_interrupted_run_left(tmp_path, tiny_bundle
     assert run_inference(tiny_dataset, masks, tiny_bundle, save_cam=maps, device="cpu", progress=False, resume=True) == []
 
 
+def test_rerunning_on_a_folder_with_masks_says_resume_or_overwrite(tmp_path, tiny_bundle, tiny_dataset):
+    """Many cases, some outputs already there: the error counts them and names both ways on, before any work."""
+    masks = tmp_path / "masks"
+    run_inference(tiny_dataset, masks, tiny_bundle, device="cpu", progress=False)
+    (masks / "CASE_03_mask.nii.gz").unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in masks.iterdir()}
+    with pytest.raises(AmecamError) as info:
+        run_inference(tiny_dataset, masks, tiny_bundle, device="cpu", progress=False)
+    message = str(info.value)
+    assert "CASE_00_mask.nii.gz: output already exists" in message and "5 of the 6 outputs exist" in message
+    assert "--resume segments only the rest" in message and "--overwrite replaces them" in message
+    assert {p.name: p.stat().st_mtime_ns for p in masks.iterdir()} == stamps
+
+
 def test_one_unreadable_volume_of_many_costs_the_others_nothing(tmp_path, tiny_bundle, tiny_dataset, caplog):
     """The cases after a corrupt one are still segmented; the error names it, and --resume does only it once fixed."""
     flair = tiny_dataset / "CASE_02" / "CASE_02_flair.nii.gz"
