@@ -37,6 +37,8 @@ def test_trained_bundle_is_complete(tiny_bundle):
     card = (tiny_bundle / "docs" / "README.md").read_text(encoding="utf-8")
     assert "## This copy" in card and f"validation slice AUC {stage1['best_val_auc']:.3f}" in card
     assert "- Slice labels: from whole-tumour masks (tumour when it covers more than 1% of the slice)." in card
+    log = (tiny_bundle / "logs" / "train.log").read_text(encoding="utf-8")
+    assert " val slices, 2 epochs, batch 4," in log and " val tumour slices, 1 epoch, device cpu" in log  # not "1 epochs"
 
 
 def test_a_single_case_trains_without_a_validation_auc_and_says_so(tmp_path, caplog):

@@ -55,6 +55,11 @@ __all__ = [
 logger = logging.getLogger("amecam.train")
 
 
+def epochs_text(count: int) -> str:
+    """``"1 epoch"``, ``"20 epochs"``: the stage logs read as sentences."""
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and torch."""
     random.seed(seed)
@@ -373,8 +378,8 @@ class ClassifierTrainer(_Stage):
             missing, _ = self.network.load_state_dict(torch.load(self.pretrained, map_location=self.device), strict=False)
             logger.info("stage 1: encoder initialised from %s (%d exit tensors trained from scratch)", self.pretrained, len(missing))
         logger.info(
-            "stage 1: %d train slices (%d tumour), %d val slices, %d epochs, batch %d, device %s%s",
-            len(train), int((train.labels == 1).sum()), len(val), self.epochs, self.batch_size, self.device, self._processes_text(),
+            "stage 1: %d train slices (%d tumour), %d val slices, %s, batch %d, device %s%s",
+            len(train), int((train.labels == 1).sum()), len(val), epochs_text(self.epochs), self.batch_size, self.device, self._processes_text(),
         )
         model = self.processes.wrap(self.network)
         for epoch in range(start, self.epochs):
@@ -496,8 +501,8 @@ class AttentionTrainer(_Stage):
         parameters = list(self.network.aggregator.parameters())
         optimizer, scheduler, history, best, start, _ = self._optimiser(
             parameters, {"aggregator": self.network.aggregator}, {"loss": math.inf, "epoch": -1, "state": None})
-        logger.info("stage 2: %d train / %d val tumour slices, %d epochs, device %s%s",
-                    len(train), len(val), self.epochs, self.device, self._processes_text())
+        logger.info("stage 2: %d train / %d val tumour slices, %s, device %s%s",
+                    len(train), len(val), epochs_text(self.epochs), self.device, self._processes_text())
         aggregator = self.processes.wrap(self.network.aggregator)
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, 100 + epoch])

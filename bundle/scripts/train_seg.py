@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .data import SliceSet, balanced_epoch
 from .networks import SegmentationNet
 from .options import number
-from .train import _Stage, logger, set_determinism
+from .train import _Stage, epochs_text, logger, set_determinism
 
 __all__ = ["LABEL_SOURCES", "SegmentationTrainer", "weighted_dice_ce"]
 
@@ -116,8 +116,8 @@ class SegmentationTrainer(_Stage):
         optimizer, scheduler, history, best, start, _ = self._optimiser(
             self.network.parameters(), {"network": self.network}, {"dice": -1.0, "epoch": -1})
         labels = "expert masks" if self.label_source == "masks" else "pseudo-labels"  # the log said "(masks labels)"
-        logger.info("segmentation on %s: %d train / %d val slices, %d epochs, device %s%s",
-                    labels, len(train), len(val), self.epochs, self.device, self._processes_text())
+        logger.info("segmentation on %s: %d train / %d val slices, %s, device %s%s",
+                    labels, len(train), len(val), epochs_text(self.epochs), self.device, self._processes_text())
         model = self.processes.wrap(self.network, "logits")
         for epoch in range(start, self.epochs):
             rng = np.random.default_rng([self.seed, 300 + epoch])
