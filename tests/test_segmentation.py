@@ -127,6 +127,7 @@ def test_explain_on_the_seg_bundle(tmp_path, seg_bundle, capsys):
         code = main(["explain", str(src), "--bundle", str(seg_bundle), "-o", str(tmp_path / f"{method}.nii.gz"), "--method", method,
                      "--pixels", "point:16,16,6", "--device", "cpu", "--png_dir", str(tmp_path / "png")])
         assert code == 0, capsys.readouterr().err
+        assert ", 1 pixel) -> " in capsys.readouterr().err  # one point: "1 pixel", not "1 pixels"
         heat = np.asanyarray(nib.load(str(tmp_path / f"{method}.nii.gz")).dataobj)
         assert heat.shape == image.shape and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
         assert heat[:, :, 6].max() > 0 and heat[:, :, [z for z in range(12) if z != 6]].max() == 0  # only the point's slice
