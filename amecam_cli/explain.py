@@ -253,5 +253,6 @@ def explain_volume(
             pixel_set[:, :, zs] = np.moveaxis(pasted.numpy() >= 0.5, 0, -1) & prepared.brain[:, :, zs]
         result["png"] = str(overlay_montage(prepared.image.mean(axis=0), heat, png_path, mask=pixel_set, point=point,
                                             title=f"{job.case.case_id}: {method} ({pixels}, layer {layer})"))
-    logger.info("%s of %s (%s, layer %s, %d pixel%s) -> %s", method, job.case.case_id, pixels, layer, n_pixels, "" if n_pixels == 1 else "s", job.mask_path)
+    logger.info("%s of %s (%s, layer %s, %d pixel%s) -> %s", method, job.case.case_id, pixels, layer, n_pixels,
+                "" if n_pixels == 1 else "s", job.mask_path)
     return result

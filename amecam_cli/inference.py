@@ -161,7 +161,8 @@ def plan_jobs(
     outputs = [path for job in jobs for path in (job.mask_path, job.cam_path) if path is not None]
     existing = [path for path in outputs if path.exists()] if len(jobs) > 1 and not (overwrite or resume) else []
     if existing:  # an earlier (perhaps interrupted) run over the same cases: say both ways on
-        raise AmecamError(f"{existing[0]}: output already exists ({len(existing)} of the {len(outputs)} outputs {'exists' if len(existing) == 1 else 'exist'}): "
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise AmecamError(f"{existing[0]}: output already exists ({len(existing)} of the {len(outputs)} outputs {verb}): "
                           "--resume segments only the rest, --overwrite replaces them")
     for job in jobs:
         if "mask" not in job.kept:

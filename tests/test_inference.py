@@ -100,6 +100,10 @@ def test_rerunning_on_a_folder_with_masks_says_resume_or_overwrite(tmp_path, tin
     assert "CASE_00_mask.nii.gz: output already exists" in message and "5 of the 6 outputs exist" in message
     assert "--resume segments only the rest" in message and "--overwrite replaces them" in message
     assert {p.name: p.stat().st_mtime_ns for p in masks.iterdir()} == stamps
+    for name in ("CASE_00", "CASE_01", "CASE_02", "CASE_04"):
+        (masks / f"{name}_mask.nii.gz").unlink()
+    with pytest.raises(AmecamError, match=r"CASE_05_mask.nii.gz: output already exists \(1 of the 6 outputs exists\)"):
+        run_inference(tiny_dataset, masks, tiny_bundle, device="cpu", progress=False)
 
 
 def test_one_unreadable_volume_of_many_costs_the_others_nothing(tmp_path, tiny_bundle, tiny_dataset, caplog):
