@@ -7,6 +7,7 @@ line and exits 2 (``--debug`` shows the traceback instead). ``-o`` is short for 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -20,6 +21,8 @@ from fire.decorators import SetParseFns
 
 from . import __version__
 from .errors import AmecamError
+
+_FIRE_ARG_TYPE = getattr(fire.helptext, "_GetArgType", None)  # wrapped by _help_arg_type
 
 __all__ = ["main"]
 
@@ -713,6 +716,25 @@ def _without_fire_metadata(visible_members):
     return members
 
 
+def _help_arg_type(arg: str, spec) -> str:
+    """The type line of a help screen: ``str``, not Fire's ``'str'``, and ``Optional[str]``, not
+    ``Optional['str | None']`` (our annotations are strings, and Fire adds ``Optional`` itself when the default is None)."""
+    annotation = spec.annotations.get(arg)
+    if not isinstance(annotation, str):
+        return _FIRE_ARG_TYPE(arg, spec)
+    return " | ".join(part.strip() for part in annotation.split("|") if part.strip() != "None")
+
+
+def _help_argv(argv: list[str], commands: dict) -> list[str] | None:
+    """``amecam [COMMAND] ... --help`` (or ``-h``) as the argv that shows that help without Fire's note
+    "INFO: Showing help with the command 'amecam infer -- --help'"; None when no help is asked for."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    if not any(token in ("--help", "-h") for token in head):
+        return None
+    command = [argv[0]] if argv and argv[0] in commands else []
+    return command + ["--", "--help"]
+
+
 def _help_short_flags(flags: list[str]) -> list[str]:
     """Replaces Fire's choice of short flags on help screens, so that they show the ones :func:`main` takes.
 
@@ -853,7 +875,17 @@ def main(argv: list[str] | None = None) -> int:
         fire.helptext._GetShortFlags = _help_short_flags
     if not getattr(fire.completion.VisibleMembers, "amecam", False):
         fire.completion.VisibleMembers = _without_fire_metadata(fire.completion.VisibleMembers)
+    if getattr(fire.helptext, "_GetArgType", _help_arg_type) is not _help_arg_type:
+        fire.helptext._GetArgType = _help_arg_type
     commands = _commands()
+    help_argv = _help_argv(argv, commands)
+    if help_argv is not None:  # help goes to stdout, so that `amecam infer --help | less` shows it
+        with contextlib.redirect_stderr(sys.stdout):
+            try:
+                fire.Fire(commands, command=help_argv, name="amecam")
+            except fire.core.FireExit as exc:
+                return int(exc.code or 0)
+        return 0
     try:
         argv = _translate_short_flags(argv, commands)
         _check_arguments(commands, argv)

@@ -51,6 +51,17 @@ def test_each_command_documents_its_arguments(capsys, command):
         assert " ".join(description.split()) in flat, (command, name)
 
 
+def test_help_goes_to_stdout_without_fire_notes(capsys):
+    # `amecam infer --help | less` must show the help: it went to stderr, after a line
+    # "INFO: Showing help with the command 'amecam infer -- --help'." and with types like Optional['str | None']
+    for argv in (["--help"], ["infer", "--help"], ["infer", "-h"], ["train", "--epochs", "3", "--help"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and "NAME" in out and "SYNOPSIS" in out, argv
+        assert err == "", (argv, err)
+        assert "INFO:" not in out and "'" not in "".join(line for line in out.splitlines() if "Type:" in line), argv
+    assert "Type: Optional[str]" in run(capsys, "infer", "--help")[1]
+
+
 def test_version(capsys):
     assert run(capsys, "--version")[:2] == (0, f"amecam {__version__}\n")
 
