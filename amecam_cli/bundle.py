@@ -394,10 +394,15 @@ def verify_bundle(path: str | os.PathLike, *, device: str = "cpu") -> list[tuple
         inference = root / "configs" / "inference.yaml"
         sys.path.insert(0, str(root))
         _purge_scripts_modules()
+        # MONAI logs its arguments to stdout at INFO (11 lines among our PASS rows); its result is our row
+        monai_log = logging.getLogger("monai.bundle.scripts")
+        level = monai_log.level
+        monai_log.setLevel(max(level, logging.WARNING))
         try:
             verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
                               config_file=str(inference), device=device, n=1, any=1)
         finally:
+            monai_log.setLevel(level)
             sys.path.remove(str(root))
             _purge_scripts_modules()
         rows.append(("network input/output vs network_data_format", True, "verify_net_in_out passed"))

@@ -201,6 +201,21 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     assert code == 0, err
 
 
+def test_verify_prints_only_its_checks(tiny_bundle):
+    # MONAI's verify_net_in_out logged 11 lines of its arguments to stdout, among the PASS rows (its handler
+    # holds the stdout of the moment MONAI is imported, so only a fresh process shows them)
+    import subprocess
+    import sys
+
+    code = "import sys; from amecam_cli.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "verify", str(tiny_bundle)], capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr + out
+    rows = out.splitlines()
+    assert len(rows) == 5 and all(row.startswith("PASS  ") for row in rows), out
+
+
 def test_infer_into_a_new_folder_named_with_a_trailing_slash(capsys, tmp_path, tiny_bundle):
     """The command line must keep the slash of `-o masks/` (a Path drops it), or the folder is never meant."""
     image, _ = planted_case()
