@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -338,6 +339,10 @@ def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = Non
     output = Path(output) if output else Path(run).resolve().parent / f"{slug}_v{metadata['version']}.zip"
     if output.suffix.lower() != ".zip":
         raise AmecamError(f"{output}: the export must be a .zip file")
+    named = re.search(r"_v(\d+(?:\.\d+)*)$", output.stem)  # the Model Zoo's <name>_v<version>.zip
+    if named and named.group(1) != str(metadata["version"]):
+        logger.warning("%s: the name says version %s but the bundle is version %s (configs/metadata.json), "
+                       "the one receivers will see", output.name, named.group(1), metadata["version"])
     if output.exists() and not overwrite:
         raise AmecamError(f"{output}: already exists (pass --overwrite to replace it)")
     packed = [root / name for name in EXPORTED if (root / name).is_dir()]

@@ -194,6 +194,11 @@ def test_infer_cam_crf_export_verify(capsys, tmp_path, tiny_bundle):
     assert np.asanyarray(nib.load(str(tmp_path / "crf.nii.gz")).dataobj).dtype == np.uint8
     code, out, err = run(capsys, "export", str(tiny_bundle), "-o", str(tmp_path / "b_v0.2.0.zip"))
     assert code == 0, err
+    # a Model Zoo name states the version: one that contradicts the bundle's is written, with a warning
+    version = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())["version"]
+    assert f"the name says version 0.2.0 but the bundle is version {version}" in err
+    code, out, err = run(capsys, "export", str(tiny_bundle), "-o", str(tmp_path / f"b_v{version}.zip"))
+    assert code == 0 and "the name says" not in err, err
     code, out, err = run(capsys, "verify", str(tmp_path / "b_v0.2.0.zip"))
     assert code == 0, err + out
     assert out.count("PASS") >= 4 and "FAIL" not in out
