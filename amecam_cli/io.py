@@ -112,7 +112,7 @@ def read_volume(path: str | os.PathLike, *, dtype: Any = np.float32, check_finit
     array = _as_3d(array, path)
     if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
         n_bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise AmecamError(f"{path}: volume contains {n_bad} NaN or infinite values")
+        raise AmecamError(f"{path}: volume contains {n_bad} NaN or infinite value{'s' if n_bad != 1 else ''}")
     props.shape = tuple(int(s) for s in array.shape)
     return array.astype(dtype, copy=False), props
 

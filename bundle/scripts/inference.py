@@ -117,7 +117,7 @@ def read_nifti_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray,
             raise ValueError(msg)
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
-            msg = f"{name}: volume contains {bad} NaN or infinite values"
+            msg = f"{name}: volume contains {bad} NaN or infinite value{'s' if bad != 1 else ''}"
             raise ValueError(msg)
         arrays.append(data)
     if reference is None:
