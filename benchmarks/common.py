@@ -48,13 +48,21 @@ def write_datalist(path: Path, cases: list, modalities: tuple[str, ...]) -> Path
     return path
 
 
-def split_by_case(cases: list, n_test: int, seed: int) -> tuple[list, list]:
-    """Seeded case-level split: ``n_test`` cases held out, the rest for training."""
+def split_by_case(cases: list, n_test: int, seed: int, fold: int = 0) -> tuple[list, list]:
+    """Seeded case-level split: ``n_test`` cases held out, the rest for training.
+
+    ``fold`` k holds out the k-th block of ``n_test`` cases of the same seeded order, so folds 0 to
+    ``len(cases) // n_test - 1`` of one seed are a cross-validation: every case is tested once (fold 0 is the
+    split without ``fold``).
+    """
     import numpy as np
 
+    if not 0 <= fold < len(cases) // n_test:
+        raise SystemExit(f"--fold must be 0 to {len(cases) // n_test - 1} for {len(cases)} cases, {n_test} held out")
     order = np.random.default_rng(seed).permutation(len(cases))
-    test = sorted((cases[i] for i in order[:n_test]), key=lambda c: c.case_id)
-    train = sorted((cases[i] for i in order[n_test:]), key=lambda c: c.case_id)
+    held = set(order[fold * n_test:(fold + 1) * n_test].tolist())
+    test = sorted((cases[i] for i in held), key=lambda c: c.case_id)
+    train = sorted((cases[i] for i in range(len(cases)) if i not in held), key=lambda c: c.case_id)
     return train, test
 
 

@@ -1,6 +1,7 @@
 """Real-data benchmark: the 80 LGG FLAIR patients of ../shared/data, 60 for training and 20 held out.
 
     python benchmarks/lgg.py                      # seed 0: a seeded split by patient
+    python benchmarks/lgg.py --fold 1             # folds 0-3 of one seed: 4-fold cross-validation
 
 Trains with ``amecam train`` on the 60 training patients (slice labels derived from their masks, as a
 weakly supervised user would have them) and evaluates every method on every tumour slice of the 20
@@ -24,6 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n_test", type=int, default=20)
+    parser.add_argument("--fold", type=int, default=0,
+                        help="hold out the FOLD-th block of n_test patients of the seeded order (0-3: 4-fold cross-validation)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--attention_epochs", type=int, default=6)
     parser.add_argument("--image_size", type=int, default=128)
@@ -42,7 +45,7 @@ def main() -> None:
     if not data.is_dir():
         raise SystemExit(f"{data}: the LGG FLAIR data is not there (expected ../shared/data/lgg-flair)")
     cases = find_cases(data, "flair")
-    train, test = split_by_case(cases, args.n_test, args.seed)
+    train, test = split_by_case(cases, args.n_test, args.seed, args.fold)
     out = args.out
     train_list = write_datalist(out / "train.json", train, ("flair",))
     test_list = write_datalist(out / "test.json", test, ("flair",))
@@ -51,7 +54,7 @@ def main() -> None:
                                          methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride,
                                          extra_train=["--skull_strip"] if args.skull_strip else None)
     summary = {
-        "seed": args.seed, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
+        "seed": args.seed, "fold": args.fold, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
         "n_test_slices": report["n_slices"], "classifier_slice_auc": report["classifier_slice_auc"], "timings_s": timings,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "commands": [f"python benchmarks/lgg.py {' '.join(sys.argv[1:])}".strip()], "table": table(report),
