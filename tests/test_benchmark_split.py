@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from types import SimpleNamespace
 
@@ -36,3 +37,26 @@ def test_folds_of_one_seed_test_every_case_once(common):
     assert common.split_by_case(cases, 20, 1, 0) != common.split_by_case(cases, 20, 0, 0)
     with pytest.raises(SystemExit, match="--fold must be 0 to 3"):
         common.split_by_case(cases, 20, 0, 4)
+
+
+def _fake_fold(folder, cases, dice, n_slices):
+    (folder / "report").mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"test_cases": cases}))
+    methods = {"amecam": {"slice": {"dice": dice, "n_dice": n_slices}, "volume": {"dice": dice / 2, "n_dice": len(cases)}}}
+    (folder / "report" / "report.json").write_text(json.dumps({"methods": methods}))
+    return folder
+
+
+def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("lgg_cv", REPO / "benchmarks" / "lgg_cv.py")
+    lgg_cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lgg_cv)
+    a = _fake_fold(tmp_path / "a", ["p1", "p2"], 0.6, 10)
+    b = _fake_fold(tmp_path / "b", ["p3", "p4"], 0.7, 30)
+    assert lgg_cv.main([str(a), str(b)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| AME-CAM (mean"))
+    # pooled over the 40 slices: (0.6 * 10 + 0.7 * 30) / 40; volume over the 4 patients; one fold of two reaches 0.65
+    assert row == "| AME-CAM (mean of M1-M4 and Mf) | 0.600 | 0.700 | 0.675 (40 slices) | 0.325 (4 patients) | 1 of 2 |"
+    c = _fake_fold(tmp_path / "c", ["p4", "p5"], 0.5, 5)
+    assert lgg_cv.main([str(a), str(b), str(c)]) == 2
+    assert "p4 is held out by both" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""LGG FLAIR 4-fold cross-validation: every one of the 80 patients held out once, the table of its folds.
+
+    python benchmarks/lgg.py --seed 0 --fold K --out bench_output/lgg_cv_foldK ...   # K = 0..3, then for each:
+    amecam evaluate --data_dir RUN_DIR/test.json --bundle RUN_DIR/run -o RUN_DIR/report_crf --methods amecam,attention --crf
+    amecam evaluate --data_dir RUN_DIR/test.json --bundle RUN_DIR/run -o RUN_DIR/report_threshold --methods threshold
+    python benchmarks/lgg_cv.py bench_output/lgg_cv_fold0 bench_output/lgg_cv_fold1 ...
+
+Reads each fold's ``summary.json`` (its test patients) and the ``report.json`` of ``report``, ``report_crf`` and
+``report_threshold``; checks that the folds' test patients are disjoint; prints one row per method with the
+slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
+the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROWS = [  # (label, report folder, method key)
+    ("AME-CAM (mean of M1-M4 and Mf)", "report", "amecam"),
+    ("Mf alone", "report", "attention"),
+    ("Exit 1", "report", "exit1"),
+    ("Exit 2", "report", "exit2"),
+    ("Exit 3", "report", "exit3"),
+    ("Exit 4", "report", "exit4"),
+    ("AME-CAM + DenseCRF", "report_crf", "amecam+crf"),
+    ("Mf + DenseCRF", "report_crf", "attention+crf"),
+    ("brightness threshold (no training)", "report_threshold", "threshold"),
+]
+
+
+def fold_scores(folder: Path) -> dict:
+    """Per method: (slice Dice, tumour slices, volume Dice, patients) of one fold; absent reports are skipped."""
+    scores = {}
+    for label, report, key in ROWS:
+        path = folder / report / "report.json"
+        if not path.is_file():
+            continue
+        method = json.loads(path.read_text(encoding="utf-8"))["methods"].get(key)
+        if method is not None:
+            s, v = method["slice"], method["volume"]
+            scores[label] = (s["dice"], s["n_dice"], v["dice"], v["n_dice"])
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folds", type=Path, nargs="+", help="the folders of benchmarks/lgg.py, one per fold")
+    parser.add_argument("--aim", type=float, default=0.65, help="slice Dice the issue aims for (default 0.65)")
+    args = parser.parse_args(argv)
+    tested: dict[str, Path] = {}
+    for folder in args.folds:
+        for case in json.loads((folder / "summary.json").read_text(encoding="utf-8"))["test_cases"]:
+            if case in tested:
+                print(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation", file=sys.stderr)
+                return 2
+            tested[case] = folder
+    per_fold = [fold_scores(folder) for folder in args.folds]
+    names = " | ".join(f"fold {i}" for i in range(len(args.folds)))
+    print(f"{len(tested)} patients held out once each over {len(args.folds)} folds\n")
+    print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {args.aim} |")
+    print("|---|" + "---|" * (len(args.folds) + 3))
+    for label, _, _ in ROWS:
+        cells = [fold.get(label) for fold in per_fold]
+        if all(cell is None for cell in cells):
+            continue
+        shown = " | ".join("not run" if c is None else f"{c[0]:.3f}" for c in cells)
+        done = [c for c in cells if c is not None]
+        if len(done) == len(cells):
+            pooled = sum(c[0] * c[1] for c in done) / sum(c[1] for c in done)
+            volume = sum(c[2] * c[3] for c in done) / sum(c[3] for c in done)
+            summary = f"{pooled:.3f} ({sum(c[1] for c in done)} slices) | {volume:.3f} ({sum(c[3] for c in done)} patients)"
+        else:
+            summary = "not every fold | not every fold"
+        reached = sum(c[0] >= args.aim for c in done)
+        print(f"| {label} | {shown} | {summary} | {reached} of {len(done)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
