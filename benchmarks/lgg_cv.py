@@ -3,10 +3,11 @@
     python benchmarks/lgg.py --seed 0 --fold K --out bench_output/lgg_cv_foldK ...   # K = 0..3, then for each:
     amecam evaluate --data_dir RUN_DIR/test.json --bundle RUN_DIR/run -o RUN_DIR/report_crf --methods amecam,attention --crf
     amecam evaluate --data_dir RUN_DIR/test.json --bundle RUN_DIR/run -o RUN_DIR/report_threshold --methods threshold
+    python benchmarks/segmentation.py --source RUN_DIR --epochs 8 --crf   # optional: the two U-Net rows
     python benchmarks/lgg_cv.py bench_output/lgg_cv_fold0 bench_output/lgg_cv_fold1 ...
 
 Reads each fold's ``summary.json`` (its test patients) and the ``report.json`` of ``report``, ``report_crf`` and
-``report_threshold``; checks that the folds' test patients are disjoint; prints one row per method with the
+``report_threshold`` (and of ``segmentation/report``, where benchmarks/segmentation.py ran); checks that the folds' test patients are disjoint; prints one row per method with the
 slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
 the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
 """
@@ -28,6 +29,8 @@ ROWS = [  # (label, report folder, method key)
     ("AME-CAM + DenseCRF", "report_crf", "amecam+crf"),
     ("Mf + DenseCRF", "report_crf", "attention+crf"),
     ("brightness threshold (no training)", "report_threshold", "threshold"),
+    ("U-Net on AME-CAM's pseudo-labels", "segmentation/report", "unet_pseudo"),
+    ("supervised U-Net (expert masks; upper bound)", "segmentation/report", "supervised"),
 ]
 
 

@@ -60,3 +60,21 @@ def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(tmp_p
     c = _fake_fold(tmp_path / "c", ["p4", "p5"], 0.5, 5)
     assert lgg_cv.main([str(a), str(b), str(c)]) == 2
     assert "p4 is held out by both" in capsys.readouterr().err
+
+
+def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("lgg_cv", REPO / "benchmarks" / "lgg_cv.py")
+    lgg_cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lgg_cv)
+    a = _fake_fold(tmp_path / "a", ["p1", "p2"], 0.6, 10)
+    b = _fake_fold(tmp_path / "b", ["p3", "p4"], 0.7, 30)
+    assert lgg_cv.main([str(a), str(b)]) == 0
+    assert "U-Net" not in capsys.readouterr().out  # no fold ran benchmarks/segmentation.py: no U-Net rows
+    unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
+            "supervised": {"slice": {"dice": 0.9, "n_dice": 10}, "volume": {"dice": 0.7, "n_dice": 2}}}
+    (a / "segmentation" / "report").mkdir(parents=True)
+    (a / "segmentation" / "report" / "report.json").write_text(json.dumps({"methods": unet}))
+    assert lgg_cv.main([str(a), str(b)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line]
+    assert rows == ["| U-Net on AME-CAM's pseudo-labels | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+                    "| supervised U-Net (expert masks; upper bound) | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
