@@ -47,12 +47,21 @@ def _fake_fold(folder, cases, dice, n_slices):
     return folder
 
 
-def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(tmp_path, capsys):
+@pytest.fixture
+def lgg_cv():
     spec = importlib.util.spec_from_file_location("lgg_cv", REPO / "benchmarks" / "lgg_cv.py")
-    lgg_cv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lgg_cv)
-    a = _fake_fold(tmp_path / "a", ["p1", "p2"], 0.6, 10)
-    b = _fake_fold(tmp_path / "b", ["p3", "p4"], 0.7, 30)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def two_folds(tmp_path):
+    return _fake_fold(tmp_path / "a", ["p1", "p2"], 0.6, 10), _fake_fold(tmp_path / "b", ["p3", "p4"], 0.7, 30)
+
+
+def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(lgg_cv, two_folds, tmp_path, capsys):
+    a, b = two_folds
     assert lgg_cv.main([str(a), str(b)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| AME-CAM (mean"))
     # pooled over the 40 slices: (0.6 * 10 + 0.7 * 30) / 40; volume over the 4 patients; one fold of two reaches 0.65
@@ -62,12 +71,8 @@ def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(tmp_p
     assert "p4 is held out by both" in capsys.readouterr().err
 
 
-def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("lgg_cv", REPO / "benchmarks" / "lgg_cv.py")
-    lgg_cv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lgg_cv)
-    a = _fake_fold(tmp_path / "a", ["p1", "p2"], 0.6, 10)
-    b = _fake_fold(tmp_path / "b", ["p3", "p4"], 0.7, 30)
+def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(lgg_cv, two_folds, capsys):
+    a, b = two_folds
     assert lgg_cv.main([str(a), str(b)]) == 0
     assert "U-Net" not in capsys.readouterr().out  # no fold ran benchmarks/segmentation.py: no U-Net rows
     unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
