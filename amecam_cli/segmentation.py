@@ -230,7 +230,10 @@ def train_segmentation(
             pseudo = {"labels": "expert masks (fully supervised upper bound)"}
         else:
             pseudo = write_pseudo_labels(slices, source, crf=settings["crf"], device=settings["device"], progress=progress)
-            pseudo["labels"] = "AME-CAM pseudo-labels" + (" refined by DenseCRF" if settings["crf"] else "")
+            # name the map that labelled the slices: the source bundle's final map follows its fusion
+            fusion = source.metadata.get("network_args", {}).get("fusion", "mean")
+            pseudo["labels"] = ("AME-CAM pseudo-labels" + (" (Mf alone, fusion attention)" if fusion == "attention" else "")
+                                + (" refined by DenseCRF" if settings["crf"] else ""))
         metadata = read_metadata(output)
         image = dict(source.metadata["network_data_format"]["inputs"]["image"])
         image["spatial_shape"] = [settings["image_size"], settings["image_size"]]

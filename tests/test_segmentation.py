@@ -37,6 +37,26 @@ def test_seg_bundle_is_complete_and_uses_the_amecam_split(seg_bundle, tiny_bundl
     assert pseudo.dtype == np.float16 and 0 <= pseudo.min() and pseudo.max() <= 1
 
 
+def test_pseudo_labels_follow_the_source_bundles_fusion_and_say_so(seg_bundle, tiny_bundle, tmp_path):
+    import shutil
+
+    from amecam_cli.segmentation import train_segmentation
+
+    source = tmp_path / "attention_run"  # what `amecam train --resume --fusion attention` changes: network_args.fusion
+    shutil.copytree(tiny_bundle, source)
+    metadata_file = source / "configs" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+    metadata["network_args"]["fusion"] = "attention"
+    metadata_file.write_text(json.dumps(metadata), encoding="utf-8")
+    out = tmp_path / "seg_attention"
+    train_segmentation(source, tiny_bundle.parent / "data", out, epochs=1, batch_size=4, device="cpu", progress=False)
+    described = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["label_description"]
+    mean_described = json.loads((seg_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["label_description"]
+    assert "Mf alone, fusion attention" in described and "Mf" not in mean_described
+    name = next((seg_bundle / "slices" / "pseudo").glob("*.npy")).name
+    assert not np.array_equal(np.load(out / "slices" / "pseudo" / name), np.load(seg_bundle / "slices" / "pseudo" / name))
+
+
 def test_pseudo_labels_only_on_tumour_slices(seg_bundle):
     import csv
 
