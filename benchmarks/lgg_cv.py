@@ -35,14 +35,20 @@ ROWS = [  # (label, report folder, method key)
 
 
 def fold_scores(folder: Path) -> dict:
-    """Per method: (slice Dice, tumour slices, volume Dice, patients) of one fold; absent reports are skipped."""
+    """Per method: (slice Dice, tumour slices, volume Dice, patients) of one fold; absent reports are skipped.
+
+    The pseudo-label U-Net's row names the fusion of the AME-CAM bundle that labelled it, so folds labelled by
+    different maps land in different rows instead of being pooled."""
     scores = {}
     for label, report, key in ROWS:
         path = folder / report / "report.json"
         if not path.is_file():
             continue
-        method = json.loads(path.read_text(encoding="utf-8"))["methods"].get(key)
+        content = json.loads(path.read_text(encoding="utf-8"))
+        method = content["methods"].get(key)
         if method is not None:
+            if key == "unet_pseudo":
+                label = f"{label} (labelled by fusion {content.get('fusion') or 'mean'})"
             s, v = method["slice"], method["volume"]
             scores[label] = (s["dice"], s["n_dice"], v["dice"], v["n_dice"])
     return scores
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tested: dict[str, Path] = {}
     for folder in args.folds:
+        if not (folder / "summary.json").is_file():
+            print(f"{folder}: no summary.json; give the --out folders of benchmarks/lgg.py", file=sys.stderr)
+            return 2
         for case in json.loads((folder / "summary.json").read_text(encoding="utf-8"))["test_cases"]:
             if case in tested:
                 print(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation", file=sys.stderr)
@@ -65,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tested)} patients held out once each over {len(args.folds)} folds\n")
     print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {args.aim} |")
     print("|---|" + "---|" * (len(args.folds) + 3))
-    for label, _, _ in ROWS:
+    labels = list(dict.fromkeys(label for fold in per_fold for label in fold))
+    order = [row[0] for row in ROWS]
+    labels.sort(key=lambda label: order.index(label.split(" (labelled by")[0]))  # ROWS' order, fusion variants together
+    for label in labels:
         cells = [fold.get(label) for fold in per_fold]
-        if all(cell is None for cell in cells):
-            continue
         shown = " | ".join("not run" if c is None else f"{c[0]:.3f}" for c in cells)
         done = [c for c in cells if c is not None]
         if len(done) == len(cells):

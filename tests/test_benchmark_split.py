@@ -69,17 +69,28 @@ def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(lgg_c
     c = _fake_fold(tmp_path / "c", ["p4", "p5"], 0.5, 5)
     assert lgg_cv.main([str(a), str(b), str(c)]) == 2
     assert "p4 is held out by both" in capsys.readouterr().err
+    assert lgg_cv.main([str(a), str(tmp_path / "typo")]) == 2  # a wrong folder: one line, no traceback
+    assert capsys.readouterr().err == f"{tmp_path / 'typo'}: no summary.json; give the --out folders of benchmarks/lgg.py\n"
+
+
+def _unet_rows(lgg_cv, folds, capsys, fold, fusion):
+    """Give ``fold`` the report of benchmarks/segmentation.py (its U-Net labelled by ``fusion``); the U-Net rows printed."""
+    unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
+            "supervised": {"slice": {"dice": 0.9, "n_dice": 10}, "volume": {"dice": 0.7, "n_dice": 2}}}
+    (fold / "segmentation" / "report").mkdir(parents=True)
+    (fold / "segmentation" / "report" / "report.json").write_text(json.dumps({"methods": unet, "fusion": fusion}))
+    assert lgg_cv.main([str(f) for f in folds]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line]
 
 
 def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(lgg_cv, two_folds, capsys):
     a, b = two_folds
     assert lgg_cv.main([str(a), str(b)]) == 0
     assert "U-Net" not in capsys.readouterr().out  # no fold ran benchmarks/segmentation.py: no U-Net rows
-    unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
-            "supervised": {"slice": {"dice": 0.9, "n_dice": 10}, "volume": {"dice": 0.7, "n_dice": 2}}}
-    (a / "segmentation" / "report").mkdir(parents=True)
-    (a / "segmentation" / "report" / "report.json").write_text(json.dumps({"methods": unet}))
-    assert lgg_cv.main([str(a), str(b)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line]
-    assert rows == ["| U-Net on AME-CAM's pseudo-labels | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-                    "| supervised U-Net (expert masks; upper bound) | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
+    assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean") == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound) | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
+    # a fold whose U-Net learnt from Mf (fusion attention) is its own row, not pooled with the fusion-mean fold
+    assert _unet_rows(lgg_cv, two_folds, capsys, b, "attention")[:2] == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention) | not run | 0.800 | not every fold | not every fold | 1 of 1 |"]
