@@ -7,7 +7,7 @@
     python benchmarks/lgg_cv.py bench_output/lgg_cv_fold0 bench_output/lgg_cv_fold1 ...
 
 Reads each fold's ``summary.json`` (its test patients) and the ``report.json`` of ``report``, ``report_crf`` and
-``report_threshold`` (and of ``segmentation/report``, where benchmarks/segmentation.py ran); checks that the folds' test patients are disjoint; prints one row per method with the
+``report_threshold`` (and of ``segmentation/report``, or ``--segmentation``'s, where benchmarks/segmentation.py ran); checks that the folds' test patients are disjoint; prints one row per method with the
 slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
 the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
 """
@@ -29,19 +29,19 @@ ROWS = [  # (label, report folder, method key)
     ("AME-CAM + DenseCRF", "report_crf", "amecam+crf"),
     ("Mf + DenseCRF", "report_crf", "attention+crf"),
     ("brightness threshold (no training)", "report_threshold", "threshold"),
-    ("U-Net on AME-CAM's pseudo-labels", "segmentation/report", "unet_pseudo"),
-    ("supervised U-Net (expert masks; upper bound)", "segmentation/report", "supervised"),
+    ("U-Net on AME-CAM's pseudo-labels", "{segmentation}/report", "unet_pseudo"),
+    ("supervised U-Net (expert masks; upper bound)", "{segmentation}/report", "supervised"),
 ]
 
 
-def fold_scores(folder: Path) -> dict:
+def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
     """Per method: (slice Dice, tumour slices, volume Dice, patients) of one fold; absent reports are skipped.
 
     The pseudo-label U-Net's row names the fusion of the AME-CAM bundle that labelled it, so folds labelled by
     different maps land in different rows instead of being pooled."""
     scores = {}
     for label, report, key in ROWS:
-        path = folder / report / "report.json"
+        path = folder / report.format(segmentation=segmentation) / "report.json"
         if not path.is_file():
             continue
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folds", type=Path, nargs="+", help="the folders of benchmarks/lgg.py, one per fold")
     parser.add_argument("--aim", type=float, default=0.65, help="slice Dice the issue aims for (default 0.65)")
+    parser.add_argument("--segmentation", default="segmentation",
+                        help="each fold's folder of benchmarks/segmentation.py (its --out), relative to the fold (default segmentation)")
     args = parser.parse_args(argv)
     tested: dict[str, Path] = {}
     for folder in args.folds:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation", file=sys.stderr)
                 return 2
             tested[case] = folder
-    per_fold = [fold_scores(folder) for folder in args.folds]
+    per_fold = [fold_scores(folder, args.segmentation) for folder in args.folds]
     names = " | ".join(f"fold {i}" for i in range(len(args.folds)))
     print(f"{len(tested)} patients held out once each over {len(args.folds)} folds\n")
     print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {args.aim} |")

@@ -10,7 +10,8 @@ Takes the AME-CAM bundle a Table-1 benchmark trained (``SOURCE/run``) and its ca
 2. ``amecam train-seg --supervised`` on the same training cases with their expert masks (upper bound);
 3. ``amecam evaluate`` on the held-out cases with both U-Nets as extra rows beside AME-CAM.
 
-Writes ``SOURCE/segmentation/summary.json`` and prints the table.
+Writes ``SOURCE/segmentation/summary.json`` (or ``--out``'s) and prints the table. A folder that already holds a
+trained U-Net (``models/model.ts``) is reused, not trained again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--crf", action="store_true", help="refine the pseudo-labels with DenseCRF")
     parser.add_argument("--modality", default="flair")
+    parser.add_argument("--out", type=Path, help="folder for the U-Nets and the report (default SOURCE/segmentation); "
+                        "a second schedule on the same source goes beside the first instead of over it")
     args = parser.parse_args()
 
     source = args.source
@@ -39,7 +42,7 @@ def main() -> None:
     for needed in (run / "models" / "model.pt", train_list, test_list):
         if not needed.exists():
             raise SystemExit(f"{needed}: missing; run the Table-1 benchmark that writes {source} first")
-    out = source / "segmentation"
+    out = args.out or source / "segmentation"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     timings = {}

@@ -73,13 +73,14 @@ def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(lgg_c
     assert capsys.readouterr().err == f"{tmp_path / 'typo'}: no summary.json; give the --out folders of benchmarks/lgg.py\n"
 
 
-def _unet_rows(lgg_cv, folds, capsys, fold, fusion):
-    """Give ``fold`` the report of benchmarks/segmentation.py (its U-Net labelled by ``fusion``); the U-Net rows printed."""
+def _unet_rows(lgg_cv, folds, capsys, fold, fusion, segmentation="segmentation", options=()):
+    """Give ``fold`` the report of benchmarks/segmentation.py in ``segmentation`` (its U-Net labelled by ``fusion``); the
+    U-Net rows lgg_cv.py prints with ``options``."""
     unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
             "supervised": {"slice": {"dice": 0.9, "n_dice": 10}, "volume": {"dice": 0.7, "n_dice": 2}}}
-    (fold / "segmentation" / "report").mkdir(parents=True)
-    (fold / "segmentation" / "report" / "report.json").write_text(json.dumps({"methods": unet, "fusion": fusion}))
-    assert lgg_cv.main([str(f) for f in folds]) == 0
+    (fold / segmentation / "report").mkdir(parents=True)
+    (fold / segmentation / "report" / "report.json").write_text(json.dumps({"methods": unet, "fusion": fusion}))
+    assert lgg_cv.main([str(f) for f in folds] + list(options)) == 0
     return [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line]
 
 
@@ -94,3 +95,12 @@ def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(lgg_cv
     assert _unet_rows(lgg_cv, two_folds, capsys, b, "attention")[:2] == [
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention) | not run | 0.800 | not every fold | not every fold | 1 of 1 |"]
+
+
+def test_cross_validation_table_reads_the_unets_of_another_schedule_with_segmentation(lgg_cv, two_folds, capsys):
+    a, b = two_folds  # segmentation.py --out a/segmentation_e20 (a second schedule beside the first)
+    assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean", "segmentation_e20") == []  # the default folder has none
+    assert lgg_cv.main([str(a), str(b), "--segmentation", "segmentation_e20"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line] == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound) | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
