@@ -234,7 +234,10 @@ def train_segmentation(
             fusion = source.metadata.get("network_args", {}).get("fusion", "mean")
             pseudo["labels"] = ("AME-CAM pseudo-labels" + (" (Mf alone, fusion attention)" if fusion == "attention" else "")
                                 + (" refined by DenseCRF" if settings["crf"] else ""))
+            pseudo["source_fusion"] = fusion
         metadata = read_metadata(output)
+        # the template's network_args (stem_stride, fusion) configure AME-CAM's ResNet; a U-Net has none of them
+        metadata.pop("network_args", None)
         image = dict(source.metadata["network_data_format"]["inputs"]["image"])
         image["spatial_shape"] = [settings["image_size"], settings["image_size"]]
         metadata["network_data_format"]["inputs"]["image"] = image

@@ -33,6 +33,8 @@ def test_seg_bundle_is_complete_and_uses_the_amecam_split(seg_bundle, tiny_bundl
     source = json.loads((tiny_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["amecam_training"]["kind"] == "segmentation" and meta["amecam_training"]["labels"] == "pseudo"
     assert meta["amecam_training"]["split"] == source["amecam_training"]["split"]
+    # AME-CAM's network_args (stem_stride, fusion) mean nothing for a U-Net; the fusion that labelled it is recorded
+    assert "network_args" not in meta and meta["amecam_training"]["pseudo_labels"]["source_fusion"] == "mean"
     pseudo = np.load(next((seg_bundle / "slices" / "pseudo").glob("*.npy")))
     assert pseudo.dtype == np.float16 and 0 <= pseudo.min() and pseudo.max() <= 1
 
@@ -53,6 +55,7 @@ def test_pseudo_labels_follow_the_source_bundles_fusion_and_say_so(seg_bundle, t
     described = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["label_description"]
     mean_described = json.loads((seg_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["label_description"]
     assert "Mf alone, fusion attention" in described and "Mf" not in mean_described
+    assert json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]["pseudo_labels"]["source_fusion"] == "attention"
     name = next((seg_bundle / "slices" / "pseudo").glob("*.npy")).name
     assert not np.array_equal(np.load(out / "slices" / "pseudo" / name), np.load(seg_bundle / "slices" / "pseudo" / name))
 
