@@ -37,8 +37,9 @@ ROWS = [  # (label, report folder, method key)
 def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
     """Per method: (slice Dice, tumour slices, volume Dice, patients) of one fold; absent reports are skipped.
 
-    The pseudo-label U-Net's row names the fusion of the AME-CAM bundle that labelled it, so folds labelled by
-    different maps land in different rows instead of being pooled."""
+    The pseudo-label U-Net's row names the fusion of the AME-CAM bundle that labelled it, and both U-Net rows the
+    epochs they trained (from benchmarks/segmentation.py's summary.json), so folds labelled by different maps or
+    trained for different lengths land in different rows instead of being pooled."""
     scores = {}
     for label, report, key in ROWS:
         path = folder / report.format(segmentation=segmentation) / "report.json"
@@ -49,6 +50,10 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
         if method is not None:
             if key == "unet_pseudo":
                 label = f"{label} (labelled by fusion {content.get('fusion') or 'mean'})"
+            if key in ("unet_pseudo", "supervised"):
+                summary = path.parent.parent / "summary.json"
+                epochs = json.loads(summary.read_text(encoding="utf-8")).get("epochs") if summary.is_file() else None
+                label += f", {epochs or 'unknown'} epochs"
             s, v = method["slice"], method["volume"]
             scores[label] = (s["dice"], s["n_dice"], v["dice"], v["n_dice"])
     return scores
@@ -77,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {args.aim} |")
     print("|---|" + "---|" * (len(args.folds) + 3))
     labels = list(dict.fromkeys(label for fold in per_fold for label in fold))
-    order = [row[0] for row in ROWS]
-    labels.sort(key=lambda label: order.index(label.split(" (labelled by")[0]))  # ROWS' order, fusion variants together
+    order = [row[0] for row in ROWS]  # ROWS' order, a row's fusion and length variants together
+    labels.sort(key=lambda label: max((i for i, row in enumerate(order) if label.startswith(row)), key=lambda i: len(order[i])))
     for label in labels:
         cells = [fold.get(label) for fold in per_fold]
         shown = " | ".join("not run" if c is None else f"{c[0]:.3f}" for c in cells)

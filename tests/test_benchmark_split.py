@@ -73,13 +73,14 @@ def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(lgg_c
     assert capsys.readouterr().err == f"{tmp_path / 'typo'}: no summary.json; give the --out folders of benchmarks/lgg.py\n"
 
 
-def _unet_rows(lgg_cv, folds, capsys, fold, fusion, segmentation="segmentation", options=()):
-    """Give ``fold`` the report of benchmarks/segmentation.py in ``segmentation`` (its U-Net labelled by ``fusion``); the
-    U-Net rows lgg_cv.py prints with ``options``."""
+def _unet_rows(lgg_cv, folds, capsys, fold, fusion, segmentation="segmentation", options=(), epochs=8):
+    """Give ``fold`` the report and summary of benchmarks/segmentation.py in ``segmentation`` (U-Nets of ``epochs``, the
+    pseudo-label one labelled by ``fusion``); the U-Net rows lgg_cv.py prints with ``options``."""
     unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
             "supervised": {"slice": {"dice": 0.9, "n_dice": 10}, "volume": {"dice": 0.7, "n_dice": 2}}}
     (fold / segmentation / "report").mkdir(parents=True)
     (fold / segmentation / "report" / "report.json").write_text(json.dumps({"methods": unet, "fusion": fusion}))
+    (fold / segmentation / "summary.json").write_text(json.dumps({"epochs": epochs}))
     assert lgg_cv.main([str(f) for f in folds] + list(options)) == 0
     return [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line]
 
@@ -89,18 +90,20 @@ def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(lgg_cv
     assert lgg_cv.main([str(a), str(b)]) == 0
     assert "U-Net" not in capsys.readouterr().out  # no fold ran benchmarks/segmentation.py: no U-Net rows
     assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean") == [
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-        "| supervised U-Net (expert masks; upper bound) | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
     # a fold whose U-Net learnt from Mf (fusion attention) is its own row, not pooled with the fusion-mean fold
     assert _unet_rows(lgg_cv, two_folds, capsys, b, "attention")[:2] == [
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention) | not run | 0.800 | not every fold | not every fold | 1 of 1 |"]
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention), 8 epochs | not run | 0.800 | not every fold | not every fold | 1 of 1 |"]
 
 
 def test_cross_validation_table_reads_the_unets_of_another_schedule_with_segmentation(lgg_cv, two_folds, capsys):
     a, b = two_folds  # segmentation.py --out a/segmentation_e20 (a second schedule beside the first)
-    assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean", "segmentation_e20") == []  # the default folder has none
-    assert lgg_cv.main([str(a), str(b), "--segmentation", "segmentation_e20"]) == 0
-    assert [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line] == [
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean) | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-        "| supervised U-Net (expert masks; upper bound) | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
+    assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean", "segmentation_e20", epochs=20) == []  # none in the default folder
+    # fold b's U-Nets trained 8 epochs: rows of their own, not pooled with fold a's 20-epoch ones
+    assert _unet_rows(lgg_cv, two_folds, capsys, b, "mean", "segmentation_e20", ["--segmentation", "segmentation_e20"]) == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 20 epochs | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs | not run | 0.800 | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 20 epochs | 0.900 | not run | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs | not run | 0.900 | not every fold | not every fold | 1 of 1 |"]
