@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--crf", action="store_true", help="refine the pseudo-labels with DenseCRF")
     parser.add_argument("--modality", default="flair")
+    parser.add_argument("--seed", type=int, help="train-seg's --seed (default: the AME-CAM run's, as train-seg's own default); "
+                        "another seed draws other initial weights and another validation split of the same training cases")
     parser.add_argument("--out", type=Path, help="folder for the U-Nets and the report (default SOURCE/segmentation); "
                         "a second schedule on the same source goes beside the first instead of over it")
     args = parser.parse_args()
@@ -54,14 +56,15 @@ def main() -> None:
         extra = ["--supervised"] if name == "supervised" else (["--crf"] if args.crf else [])
         resume = ["--resume"] if (folder / "configs" / "amecam_train.json").is_file() else []
         timings[f"train_{name}"] = amecam("train-seg", "--bundle", run, "--data_dir", train_list, "--output_dir", folder,
-                                          "--epochs", args.epochs, "--device", "cpu", *extra, *resume, log=log)
+                                          "--epochs", args.epochs, "--device", "cpu", *extra, *resume,
+                                          *(["--seed", args.seed] if args.seed is not None and not resume else []), log=log)
     report_dir = out / "report"
     timings["evaluate"] = amecam("evaluate", "--data_dir", test_list, "--bundle", run, "-o", report_dir,
                                  "--methods", "amecam,threshold", "--extra_bundles", ",".join(map(str, runs.values())),
                                  "--device", "cpu", "--overwrite", log=log)
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     summary = {
-        "source": str(source), "epochs": args.epochs, "pseudo_label_crf": args.crf, "n_test_slices": report["n_slices"],
+        "source": str(source), "epochs": args.epochs, "seed": args.seed, "pseudo_label_crf": args.crf, "n_test_slices": report["n_slices"],
         "timings_s": timings, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "commands": [f"python benchmarks/segmentation.py {' '.join(sys.argv[1:])}".strip()], "table": table(report),
     }
