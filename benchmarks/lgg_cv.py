@@ -35,13 +35,13 @@ ROWS = [  # (label, report folder, method key)
 
 
 def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
-    """Per method: (slice Dice, tumour slices, volume Dice, patients) of one fold; absent reports are skipped.
+    """Per method: (slice Dice, tumour slices, volume Dice, patients, index in ROWS) of one fold; absent reports are skipped.
 
     The pseudo-label U-Net's row names the fusion of the AME-CAM bundle that labelled it, and both U-Net rows the
     epochs they trained (from benchmarks/segmentation.py's summary.json), so folds labelled by different maps or
     trained for different lengths land in different rows instead of being pooled."""
     scores = {}
-    for label, report, key in ROWS:
+    for row, (label, report, key) in enumerate(ROWS):
         path = folder / report.format(segmentation=segmentation) / "report.json"
         if not path.is_file():
             continue
@@ -55,7 +55,7 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
                 epochs = json.loads(summary.read_text(encoding="utf-8")).get("epochs") if summary.is_file() else None
                 label += f", {epochs or 'unknown'} epochs"
             s, v = method["slice"], method["volume"]
-            scores[label] = (s["dice"], s["n_dice"], v["dice"], v["n_dice"])
+            scores[label] = (s["dice"], s["n_dice"], v["dice"], v["n_dice"], row)
     return scores
 
 
@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tested)} patients held out once each over {len(args.folds)} folds\n")
     print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {args.aim} |")
     print("|---|" + "---|" * (len(args.folds) + 3))
-    labels = list(dict.fromkeys(label for fold in per_fold for label in fold))
-    order = [row[0] for row in ROWS]  # ROWS' order, a row's fusion and length variants together
-    labels.sort(key=lambda label: max((i for i, row in enumerate(order) if label.startswith(row)), key=lambda i: len(order[i])))
+    rank = {label: cells[4] for fold in per_fold for label, cells in fold.items()}
+    labels = sorted(rank, key=rank.get)  # ROWS' order, a row's fusion and length variants together (stable sort)
     for label in labels:
         cells = [fold.get(label) for fold in per_fold]
         shown = " | ".join("not run" if c is None else f"{c[0]:.3f}" for c in cells)
