@@ -34,12 +34,28 @@ ROWS = [  # (label, report folder, method key)
 ]
 
 
+def _unet_settings(report: dict, key: str, run: Path) -> dict:
+    """``amecam train-seg``'s settings recorded in the U-Net bundle that ``report`` scored as ``key``.
+
+    Read from the bundle itself, not from benchmarks/segmentation.py's summary.json: a U-Net copied in from another
+    run (as 2j and 2k reuse the supervised ones) keeps the seed and length it was trained with. The path the report
+    recorded is tried first, then the folder of that name beside the report (where segmentation.py writes it)."""
+    recorded = (report.get("extra_bundles") or {}).get(key)
+    if not recorded:
+        return {}
+    for bundle in (Path(recorded), run / Path(recorded).name):
+        metadata = bundle / "configs" / "metadata.json"
+        if metadata.is_file():
+            return json.loads(metadata.read_text(encoding="utf-8")).get("amecam_training", {}).get("settings", {})
+    return {}
+
+
 def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
     """Per method: (slice Dice, tumour slices, volume Dice, patients, index in ROWS) of one fold; absent reports are skipped.
 
     The pseudo-label U-Net's row names the fusion of the AME-CAM bundle that labelled it, and both U-Net rows the
-    epochs they trained (from benchmarks/segmentation.py's summary.json), so folds labelled by different maps or
-    trained for different lengths land in different rows instead of being pooled."""
+    epochs and seed they trained with (from each U-Net bundle's metadata), so folds labelled by different maps or
+    trained for different lengths or seeds land in different rows instead of being pooled."""
     scores = {}
     for row, (label, report, key) in enumerate(ROWS):
         path = folder / report.format(segmentation=segmentation) / "report.json"
@@ -51,9 +67,8 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
             if key == "unet_pseudo":
                 label = f"{label} (labelled by fusion {content.get('fusion') or 'mean'})"
             if key in ("unet_pseudo", "supervised"):
-                summary = path.parent.parent / "summary.json"
-                epochs = json.loads(summary.read_text(encoding="utf-8")).get("epochs") if summary.is_file() else None
-                label += f", {epochs or 'unknown'} epochs"
+                settings = _unet_settings(content, key, path.parent.parent)
+                label += f", {settings.get('epochs') or 'unknown'} epochs, seed {settings.get('seed', 'unknown')}"
             s, v = method["slice"], method["volume"]
             scores[label] = (s["dice"], s["n_dice"], v["dice"], v["n_dice"], row)
     return scores

@@ -73,14 +73,20 @@ def test_cross_validation_table_pools_slices_and_refuses_overlapping_folds(lgg_c
     assert capsys.readouterr().err == f"{tmp_path / 'typo'}: no summary.json; give the --out folders of benchmarks/lgg.py\n"
 
 
-def _unet_rows(lgg_cv, folds, capsys, fold, fusion, segmentation="segmentation", options=(), epochs=8):
-    """Give ``fold`` the report and summary of benchmarks/segmentation.py in ``segmentation`` (U-Nets of ``epochs``, the
-    pseudo-label one labelled by ``fusion``); the U-Net rows lgg_cv.py prints with ``options``."""
+def _unet_rows(lgg_cv, folds, capsys, fold, fusion, segmentation="segmentation", options=(), epochs=8, seeds=(0, 0)):
+    """Give ``fold`` what benchmarks/segmentation.py leaves in ``segmentation``: the report and the two U-Net bundles
+    (``epochs`` each, the pseudo-label one labelled by ``fusion``, trained with ``seeds``); the U-Net rows lgg_cv.py
+    prints with ``options``."""
     unet = {"unet_pseudo": {"slice": {"dice": 0.8, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}},
             "supervised": {"slice": {"dice": 0.9, "n_dice": 10}, "volume": {"dice": 0.7, "n_dice": 2}}}
+    bundles = {"unet_pseudo": fold / segmentation / "unet_pseudo", "supervised": fold / segmentation / "unet_supervised"}
+    for bundle, seed in zip(bundles.values(), seeds):
+        (bundle / "configs").mkdir(parents=True)
+        settings = {"epochs": epochs, "seed": seed}
+        (bundle / "configs" / "metadata.json").write_text(json.dumps({"amecam_training": {"settings": settings}}))
     (fold / segmentation / "report").mkdir(parents=True)
-    (fold / segmentation / "report" / "report.json").write_text(json.dumps({"methods": unet, "fusion": fusion}))
-    (fold / segmentation / "summary.json").write_text(json.dumps({"epochs": epochs}))
+    report = {"methods": unet, "fusion": fusion, "extra_bundles": {k: str(v) for k, v in bundles.items()}}
+    (fold / segmentation / "report" / "report.json").write_text(json.dumps(report))
     assert lgg_cv.main([str(f) for f in folds] + list(options)) == 0
     return [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line]
 
@@ -90,12 +96,12 @@ def test_cross_validation_table_adds_the_unet_rows_where_segmentation_ran(lgg_cv
     assert lgg_cv.main([str(a), str(b)]) == 0
     assert "U-Net" not in capsys.readouterr().out  # no fold ran benchmarks/segmentation.py: no U-Net rows
     assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean") == [
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-        "| supervised U-Net (expert masks; upper bound), 8 epochs | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | 0.900 | not run | not every fold | not every fold | 1 of 1 |"]
     # a fold whose U-Net learnt from Mf (fusion attention) is its own row, not pooled with the fusion-mean fold
     assert _unet_rows(lgg_cv, two_folds, capsys, b, "attention")[:2] == [
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention), 8 epochs | not run | 0.800 | not every fold | not every fold | 1 of 1 |"]
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention), 8 epochs, seed 0 | not run | 0.800 | not every fold | not every fold | 1 of 1 |"]
 
 
 def test_cross_validation_table_reads_the_unets_of_another_schedule_with_segmentation(lgg_cv, two_folds, capsys):
@@ -103,7 +109,24 @@ def test_cross_validation_table_reads_the_unets_of_another_schedule_with_segment
     assert _unet_rows(lgg_cv, two_folds, capsys, a, "mean", "segmentation_e20", epochs=20) == []  # none in the default folder
     # fold b's U-Nets trained 8 epochs: rows of their own, not pooled with fold a's 20-epoch ones
     assert _unet_rows(lgg_cv, two_folds, capsys, b, "mean", "segmentation_e20", ["--segmentation", "segmentation_e20"]) == [
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 20 epochs | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs | not run | 0.800 | not every fold | not every fold | 1 of 1 |",
-        "| supervised U-Net (expert masks; upper bound), 20 epochs | 0.900 | not run | not every fold | not every fold | 1 of 1 |",
-        "| supervised U-Net (expert masks; upper bound), 8 epochs | not run | 0.900 | not every fold | not every fold | 1 of 1 |"]
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 20 epochs, seed 0 | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | not run | 0.800 | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 20 epochs, seed 0 | 0.900 | not run | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | not run | 0.900 | not every fold | not every fold | 1 of 1 |"]
+
+
+def test_cross_validation_table_labels_each_unet_with_the_seed_in_its_own_bundle(lgg_cv, two_folds, capsys):
+    a, b = two_folds
+    _unet_rows(lgg_cv, two_folds, capsys, a, "attention")
+    # fold b: the pseudo-label U-Net trained with --seed 1, the supervised one copied in from a seed-0 run (as 2k does)
+    assert _unet_rows(lgg_cv, two_folds, capsys, b, "attention", seeds=(1, 0)) == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention), 8 epochs, seed 0 | 0.800 | not run | not every fold | not every fold | 1 of 1 |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion attention), 8 epochs, seed 1 | not run | 0.800 | not every fold | not every fold | 1 of 1 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | 0.900 | 0.900 | 0.900 (20 slices) | 0.700 (4 patients) | 2 of 2 |"]
+    # the bundles moved after evaluation: found beside the report, where segmentation.py writes them
+    report = b / "segmentation" / "report" / "report.json"
+    content = json.loads(report.read_text())
+    content["extra_bundles"] = {k: f"elsewhere/{v.rsplit('/', 1)[-1]}" for k, v in content["extra_bundles"].items()}
+    report.write_text(json.dumps(content))
+    assert lgg_cv.main([str(a), str(b)]) == 0
+    assert "8 epochs, seed 1 | not run | 0.800 |" in capsys.readouterr().out
