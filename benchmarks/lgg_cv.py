@@ -34,6 +34,20 @@ ROWS = [  # (label, report folder, method key)
 ]
 
 
+class BadInput(Exception):
+    """A file of a fold that cannot be read; main() prints it in one line."""
+
+
+def _read(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise BadInput(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(content, dict):
+        raise BadInput(f"{path}: not a JSON object")
+    return content
+
+
 def _unet_settings(report: dict, key: str, run: Path) -> dict:
     """``amecam train-seg``'s settings recorded in the U-Net bundle that ``report`` scored as ``key``.
 
@@ -46,7 +60,7 @@ def _unet_settings(report: dict, key: str, run: Path) -> dict:
     for bundle in (Path(recorded), run / Path(recorded).name):
         metadata = bundle / "configs" / "metadata.json"
         if metadata.is_file():
-            return json.loads(metadata.read_text(encoding="utf-8")).get("amecam_training", {}).get("settings", {})
+            return _read(metadata).get("amecam_training", {}).get("settings", {})
     return {}
 
 
@@ -61,7 +75,9 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
         path = folder / report.format(segmentation=segmentation) / "report.json"
         if not path.is_file():
             continue
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = _read(path)
+        if not isinstance(content.get("methods"), dict):
+            raise BadInput(f"{path}: no methods; give the reports of amecam evaluate")
         method = content["methods"].get(key)
         if method is not None:
             if key == "unet_pseudo":
@@ -81,12 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segmentation", default="segmentation",
                         help="each fold's folder of benchmarks/segmentation.py (its --out), relative to the fold (default segmentation)")
     args = parser.parse_args(argv)
+    try:
+        return _table(args)
+    except BadInput as error:
+        print(error, file=sys.stderr)
+        return 2
+
+
+def _table(args: argparse.Namespace) -> int:
     tested: dict[str, Path] = {}
     for folder in args.folds:
         if not (folder / "summary.json").is_file():
             print(f"{folder}: no summary.json; give the --out folders of benchmarks/lgg.py", file=sys.stderr)
             return 2
-        for case in json.loads((folder / "summary.json").read_text(encoding="utf-8"))["test_cases"]:
+        cases = _read(folder / "summary.json").get("test_cases")
+        if not isinstance(cases, list):
+            print(f"{folder / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py", file=sys.stderr)
+            return 2
+        for case in cases:
             if case in tested:
                 print(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation", file=sys.stderr)
                 return 2

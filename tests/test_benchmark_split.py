@@ -130,3 +130,20 @@ def test_cross_validation_table_labels_each_unet_with_the_seed_in_its_own_bundle
     report.write_text(json.dumps(content))
     assert lgg_cv.main([str(a), str(b)]) == 0
     assert "8 epochs, seed 1 | not run | 0.800 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, reason", [("{not json", "not a readable JSON file"), ("[1, 2]", "not a JSON object"),
+                                          ('{"n_slices": 3}', "no methods; give the reports of amecam evaluate")])
+def test_cross_validation_table_names_an_unreadable_report_in_one_line(lgg_cv, two_folds, capsys, text, reason):
+    a, b = two_folds
+    (b / "report" / "report.json").write_text(text)
+    assert lgg_cv.main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{b / 'report' / 'report.json'}: {reason}") and err.count("\n") == 1
+
+
+def test_cross_validation_table_refuses_a_summary_without_test_cases(lgg_cv, two_folds, capsys):
+    a, b = two_folds
+    (b / "summary.json").write_text('{"fold": 1}')
+    assert lgg_cv.main([str(a), str(b)]) == 2
+    assert capsys.readouterr().err == f"{b / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py\n"
