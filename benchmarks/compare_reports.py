@@ -28,7 +28,13 @@ def main() -> None:
         path = run / "report" / "report.json"
         if not path.is_file():
             raise SystemExit(f"{run}: no report/report.json (run the benchmark first)")
-        reports.append(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise SystemExit(f"{path}: not a readable JSON file ({error})") from None
+        if not isinstance(report, dict) or not isinstance(report.get("methods"), dict):
+            raise SystemExit(f"{path}: no methods; give the reports of amecam evaluate")
+        reports.append(report)
     methods = [m for m in reports[0]["methods"] if all(m in r["methods"] for r in reports)]
     print("| slice Dice (volume Dice) | " + " | ".join(run.name for run in args.runs) + " |")
     print("|---|" + "---|" * len(reports))
