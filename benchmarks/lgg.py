@@ -2,6 +2,7 @@
 
     python benchmarks/lgg.py                      # seed 0: a seeded split by patient
     python benchmarks/lgg.py --fold 1             # folds 0-3 of one seed: 4-fold cross-validation
+    python benchmarks/lgg.py --fold 1 --train_seed 1   # the same fold, AME-CAM trained with another seed
 
 Trains with ``amecam train`` on the 60 training patients (slice labels derived from their masks, as a
 weakly supervised user would have them) and evaluates every method on every tumour slice of the 20
@@ -24,6 +25,8 @@ from common import OUTPUT, SHARED_DATA, machine, split_by_case, train_and_evalua
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_seed", type=int, default=None,
+                        help="amecam train --seed (default: --seed); another value retrains on the same split and fold")
     parser.add_argument("--n_test", type=int, default=20)
     parser.add_argument("--fold", type=int, default=0,
                         help="hold out the FOLD-th block of n_test patients of the seeded order (0-3: 4-fold cross-validation)")
@@ -50,11 +53,12 @@ def main() -> None:
     train_list = write_datalist(out / "train.json", train, ("flair",))
     test_list = write_datalist(out / "test.json", test, ("flair",))
     report, timings = train_and_evaluate(out, train_list, test_list, modality="flair", epochs=args.epochs,
-                                         attention_epochs=args.attention_epochs, image_size=args.image_size, seed=args.seed,
+                                         attention_epochs=args.attention_epochs, image_size=args.image_size,
+                                         seed=args.seed if args.train_seed is None else args.train_seed,
                                          methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride,
                                          extra_train=["--skull_strip"] if args.skull_strip else None)
     summary = {
-        "seed": args.seed, "fold": args.fold, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
+        "seed": args.seed, "train_seed": args.seed if args.train_seed is None else args.train_seed, "fold": args.fold, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
         "n_test_slices": report["n_slices"], "classifier_slice_auc": report["classifier_slice_auc"], "timings_s": timings,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "commands": [f"python benchmarks/lgg.py {' '.join(sys.argv[1:])}".strip()], "table": table(report),
