@@ -66,6 +66,23 @@ def split_by_case(cases: list, n_test: int, seed: int, fold: int = 0) -> tuple[l
     return train, test
 
 
+class BadInput(Exception):
+    """A file a benchmark script was pointed at that it cannot use; the script prints it in one line, status 2."""
+
+
+def read_json(path: Path, report: bool = False) -> dict:
+    """The JSON object in ``path``; with ``report``, also checks that it is a report of ``amecam evaluate``."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise BadInput(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(content, dict):
+        raise BadInput(f"{path}: not a JSON object")
+    if report and not isinstance(content.get("methods"), dict):
+        raise BadInput(f"{path}: no methods; give the reports of amecam evaluate")
+    return content
+
+
 def machine() -> str:
     import torch
 

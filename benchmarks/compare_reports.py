@@ -11,9 +11,12 @@ sees that the columns scored the same slices.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BadInput, read_json  # noqa: E402
 
 
 def main() -> None:
@@ -29,12 +32,9 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"{run}: no report/report.json (run the benchmark first)")
         try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise SystemExit(f"{path}: not a readable JSON file ({error})") from None
-        if not isinstance(report, dict) or not isinstance(report.get("methods"), dict):
-            raise SystemExit(f"{path}: no methods; give the reports of amecam evaluate")
-        reports.append(report)
+            reports.append(read_json(path, report=True))
+        except BadInput as error:
+            raise SystemExit(str(error)) from None
     methods = [m for m in reports[0]["methods"] if all(m in r["methods"] for r in reports)]
     print("| slice Dice (volume Dice) | " + " | ".join(run.name for run in args.runs) + " |")
     print("|---|" + "---|" * len(reports))

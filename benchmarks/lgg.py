@@ -49,16 +49,18 @@ def main() -> None:
         raise SystemExit(f"{data}: the LGG FLAIR data is not there (expected ../shared/data/lgg-flair)")
     cases = find_cases(data, "flair")
     train, test = split_by_case(cases, args.n_test, args.seed, args.fold)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     out = args.out
     train_list = write_datalist(out / "train.json", train, ("flair",))
     test_list = write_datalist(out / "test.json", test, ("flair",))
     report, timings = train_and_evaluate(out, train_list, test_list, modality="flair", epochs=args.epochs,
                                          attention_epochs=args.attention_epochs, image_size=args.image_size,
-                                         seed=args.seed if args.train_seed is None else args.train_seed,
+                                         seed=train_seed,
                                          methods=args.methods, budget=args.budget, crf=not args.no_crf, stem_stride=args.stem_stride,
                                          extra_train=["--skull_strip"] if args.skull_strip else None)
     summary = {
-        "seed": args.seed, "train_seed": args.seed if args.train_seed is None else args.train_seed, "fold": args.fold, "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
+        "seed": args.seed, "train_seed": train_seed, "fold": args.fold,
+        "train_cases": [c.case_id for c in train], "test_cases": [c.case_id for c in test],
         "n_test_slices": report["n_slices"], "classifier_slice_auc": report["classifier_slice_auc"], "timings_s": timings,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "commands": [f"python benchmarks/lgg.py {' '.join(sys.argv[1:])}".strip()], "table": table(report),

@@ -15,9 +15,12 @@ the mean volume Dice over the patients, and on how many folds the slice Dice rea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BadInput, read_json  # noqa: E402
 
 ROWS = [  # (label, report folder, method key)
     ("AME-CAM (mean of M1-M4 and Mf)", "report", "amecam"),
@@ -34,20 +37,6 @@ ROWS = [  # (label, report folder, method key)
 ]
 
 
-class BadInput(Exception):
-    """A file of a fold that cannot be read; main() prints it in one line."""
-
-
-def _read(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise BadInput(f"{path}: not a readable JSON file ({error})") from None
-    if not isinstance(content, dict):
-        raise BadInput(f"{path}: not a JSON object")
-    return content
-
-
 def _unet_settings(report: dict, key: str, run: Path) -> dict:
     """``amecam train-seg``'s settings recorded in the U-Net bundle that ``report`` scored as ``key``.
 
@@ -60,7 +49,7 @@ def _unet_settings(report: dict, key: str, run: Path) -> dict:
     for bundle in (Path(recorded), run / Path(recorded).name):
         metadata = bundle / "configs" / "metadata.json"
         if metadata.is_file():
-            return _read(metadata).get("amecam_training", {}).get("settings", {})
+            return read_json(metadata).get("amecam_training", {}).get("settings", {})
     return {}
 
 
@@ -75,9 +64,7 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
         path = folder / report.format(segmentation=segmentation) / "report.json"
         if not path.is_file():
             continue
-        content = _read(path)
-        if not isinstance(content.get("methods"), dict):
-            raise BadInput(f"{path}: no methods; give the reports of amecam evaluate")
+        content = read_json(path, report=True)
         method = content["methods"].get(key)
         if method is not None:
             if key == "unet_pseudo":
@@ -108,16 +95,13 @@ def _table(args: argparse.Namespace) -> int:
     tested: dict[str, Path] = {}
     for folder in args.folds:
         if not (folder / "summary.json").is_file():
-            print(f"{folder}: no summary.json; give the --out folders of benchmarks/lgg.py", file=sys.stderr)
-            return 2
-        cases = _read(folder / "summary.json").get("test_cases")
+            raise BadInput(f"{folder}: no summary.json; give the --out folders of benchmarks/lgg.py")
+        cases = read_json(folder / "summary.json").get("test_cases")
         if not isinstance(cases, list):
-            print(f"{folder / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py", file=sys.stderr)
-            return 2
+            raise BadInput(f"{folder / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py")
         for case in cases:
             if case in tested:
-                print(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation", file=sys.stderr)
-                return 2
+                raise BadInput(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation")
             tested[case] = folder
     per_fold = [fold_scores(folder, args.segmentation) for folder in args.folds]
     names = " | ".join(f"fold {i}" for i in range(len(args.folds)))
