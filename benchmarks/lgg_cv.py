@@ -5,11 +5,16 @@
     amecam evaluate --data_dir RUN_DIR/test.json --bundle RUN_DIR/run -o RUN_DIR/report_threshold --methods threshold
     python benchmarks/segmentation.py --source RUN_DIR --epochs 8 --crf   # optional: the two U-Net rows
     python benchmarks/lgg_cv.py bench_output/lgg_cv_fold0 bench_output/lgg_cv_fold1 ...
+    python benchmarks/lgg_cv.py FOLD0 ... FOLD3 --repeat FOLD0_SEED1 ... FOLD3_SEED1   # the same folds, other training seeds
 
 Reads each fold's ``summary.json`` (its test patients) and the ``report.json`` of ``report``, ``report_crf`` and
 ``report_threshold`` (and of ``segmentation/report``, or ``--segmentation``'s, where benchmarks/segmentation.py ran); checks that the folds' test patients are disjoint; prints one row per method with the
 slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
 the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
+
+With ``--repeat`` (once per further set of runs: the same folds trained again with ``lgg.py --train_seed``), it
+prints that table for each set, then one table of the pooled slice Dice per set and their mean, so that a verdict on
+the aim rests on every training seed that was run, not on one draw. Every set must hold out the same patients.
 """
 
 from __future__ import annotations
@@ -80,48 +85,92 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folds", type=Path, nargs="+", help="the folders of benchmarks/lgg.py, one per fold")
+    parser.add_argument("--repeat", type=Path, nargs="+", action="append", default=[], metavar="FOLD",
+                        help="the same folds trained again (lgg.py --train_seed); once per further set of runs")
     parser.add_argument("--aim", type=float, default=0.65, help="slice Dice the issue aims for (default 0.65)")
     parser.add_argument("--segmentation", default="segmentation",
                         help="each fold's folder of benchmarks/segmentation.py (its --out), relative to the fold (default segmentation)")
     args = parser.parse_args(argv)
     try:
-        return _table(args)
+        return _tables(args)
     except BadInput as error:
         print(error, file=sys.stderr)
         return 2
 
 
-def _table(args: argparse.Namespace) -> int:
+def _held_out(folds: list[Path]) -> tuple[dict[str, Path], str]:
+    """Each held-out patient and its fold (refusing a patient held out twice), and the training seed(s) of the folds."""
     tested: dict[str, Path] = {}
-    for folder in args.folds:
+    seeds = []
+    for folder in folds:
         if not (folder / "summary.json").is_file():
             raise BadInput(f"{folder}: no summary.json; give the --out folders of benchmarks/lgg.py")
-        cases = read_json(folder / "summary.json").get("test_cases")
+        summary = read_json(folder / "summary.json")
+        cases = summary.get("test_cases")
         if not isinstance(cases, list):
             raise BadInput(f"{folder / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py")
         for case in cases:
             if case in tested:
                 raise BadInput(f"{case} is held out by both {tested[case]} and {folder}: not a cross-validation")
             tested[case] = folder
-    per_fold = [fold_scores(folder, args.segmentation) for folder in args.folds]
-    names = " | ".join(f"fold {i}" for i in range(len(args.folds)))
-    print(f"{len(tested)} patients held out once each over {len(args.folds)} folds\n")
-    print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {args.aim} |")
-    print("|---|" + "---|" * (len(args.folds) + 3))
+        seed = summary.get("train_seed", summary.get("seed"))  # lgg.py trains with --seed unless --train_seed is given
+        if seed not in seeds:
+            seeds.append(seed)
+    name = "training seed" + ("s " if len(seeds) > 1 else " ") + "/".join("unknown" if s is None else str(s) for s in seeds)
+    return tested, name
+
+
+def _table(folds: list[Path], per_fold: list[dict], aim: float) -> dict[str, float | None]:
+    """Print one set's table; return each row's slice Dice pooled over the folds (None where a fold lacks it)."""
+    names = " | ".join(f"fold {i}" for i in range(len(folds)))
+    print(f"| slice Dice | {names} | pooled over the folds' tumour slices | volume Dice, mean over patients | folds >= {aim} |")
+    print("|---|" + "---|" * (len(folds) + 3))
     rank = {label: cells[4] for fold in per_fold for label, cells in fold.items()}
-    labels = sorted(rank, key=rank.get)  # ROWS' order, a row's fusion and length variants together (stable sort)
-    for label in labels:
+    pooled_rows: dict[str, float | None] = {}
+    for label in sorted(rank, key=rank.get):  # ROWS' order, a row's fusion and length variants together (stable sort)
         cells = [fold.get(label) for fold in per_fold]
         shown = " | ".join("not run" if c is None else f"{c[0]:.3f}" for c in cells)
         done = [c for c in cells if c is not None]
+        pooled_rows[label] = None
         if len(done) == len(cells):
-            pooled = sum(c[0] * c[1] for c in done) / sum(c[1] for c in done)
+            pooled = pooled_rows[label] = sum(c[0] * c[1] for c in done) / sum(c[1] for c in done)
             volume = sum(c[2] * c[3] for c in done) / sum(c[3] for c in done)
             summary = f"{pooled:.3f} ({sum(c[1] for c in done)} slices) | {volume:.3f} ({sum(c[3] for c in done)} patients)"
         else:
             summary = "not every fold | not every fold"
-        reached = sum(c[0] >= args.aim for c in done)
+        reached = sum(c[0] >= aim for c in done)
         print(f"| {label} | {shown} | {summary} | {reached} of {len(done)} |")
+    return pooled_rows
+
+
+def _tables(args: argparse.Namespace) -> int:
+    sets = [args.folds] + args.repeat
+    held_out = [_held_out(folds) for folds in sets]
+    for folds, (tested, _) in zip(sets[1:], held_out[1:]):
+        if tested.keys() != held_out[0][0].keys():
+            raise BadInput(f"--repeat {' '.join(map(str, folds))}: holds out other patients than the first set of "
+                           "folds; a repeat must train the same folds again")
+    pooled = []
+    for folds, (tested, seed_name) in zip(sets, held_out):
+        heading = f" ({seed_name})" if len(sets) > 1 else ""
+        print(f"{len(tested)} patients held out once each over {len(folds)} folds{heading}\n")
+        pooled.append(_table(folds, [fold_scores(folder, args.segmentation) for folder in folds], args.aim))
+        if len(sets) > 1:
+            print()
+    if len(sets) > 1:
+        print(f"Slice Dice pooled over the {len(held_out[0][0])} patients, per set of runs, and the mean over the sets\n")
+        print("| slice Dice | " + " | ".join(name for _, name in held_out) + f" | mean over the {len(sets)} sets | sets >= {args.aim} |")
+        print("|---|" + "---|" * (len(sets) + 2))
+        labels = list(dict.fromkeys(label for rows in pooled for label in rows))
+        for label in labels:
+            values = [rows.get(label) for rows in pooled]
+            shown = " | ".join("not run" if label not in rows else "not every fold" if v is None else f"{v:.3f}"
+                               for rows, v in zip(pooled, values))
+            if any(v is None for v in values):
+                print(f"| {label} | {shown} | not every set | not every set |")
+            else:
+                reached = sum(v >= args.aim for v in values)
+                print(f"| {label} | {shown} | {sum(values) / len(values):.3f} | {reached} of {len(values)} |")
     return 0
 
 

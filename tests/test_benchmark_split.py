@@ -147,3 +147,28 @@ def test_cross_validation_table_refuses_a_summary_without_test_cases(lgg_cv, two
     (b / "summary.json").write_text('{"fold": 1}')
     assert lgg_cv.main([str(a), str(b)]) == 2
     assert capsys.readouterr().err == f"{b / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py\n"
+
+
+def test_cross_validation_repeated_with_another_training_seed_gives_each_set_and_their_mean(lgg_cv, two_folds, tmp_path, capsys):
+    a, b = two_folds  # training seed 0 (lgg.py's --seed, no --train_seed recorded)
+    a1 = _fake_fold(tmp_path / "a1", ["p1", "p2"], 0.8, 10)
+    b1 = _fake_fold(tmp_path / "b1", ["p3", "p4"], 0.5, 30)
+    for fold in (a, b, a1, b1):
+        summary = json.loads((fold / "summary.json").read_text())
+        summary.update({"seed": 0, **({"train_seed": 1} if fold in (a1, b1) else {})})
+        (fold / "summary.json").write_text(json.dumps(summary))
+    assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(b1)]) == 0
+    out = capsys.readouterr().out
+    assert "4 patients held out once each over 2 folds (training seed 0)" in out
+    assert "4 patients held out once each over 2 folds (training seed 1)" in out
+    # seed 0 pools to 0.675 (the first test), seed 1 to (0.8 * 10 + 0.5 * 30) / 40 = 0.575; their mean 0.625
+    assert "| AME-CAM (mean of M1-M4 and Mf) | 0.800 | 0.500 | 0.575 (40 slices) | 0.325 (4 patients) | 1 of 2 |" in out
+    assert out.splitlines()[-3:] == [
+        "| slice Dice | training seed 0 | training seed 1 | mean over the 2 sets | sets >= 0.65 |",
+        "|---|---|---|---|---|",
+        "| AME-CAM (mean of M1-M4 and Mf) | 0.675 | 0.575 | 0.625 | 1 of 2 |"]
+    # a repeat that holds out other patients is not the same cross-validation: one line, status 2
+    c = _fake_fold(tmp_path / "c", ["p5", "p6"], 0.5, 5)
+    assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(c)]) == 2
+    assert capsys.readouterr().err == (f"--repeat {a1} {c}: holds out other patients than the first set of folds; "
+                                       "a repeat must train the same folds again\n")
