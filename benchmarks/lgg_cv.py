@@ -41,6 +41,8 @@ ROWS = [  # (label, report folder, method key)
     ("supervised U-Net (expert masks; upper bound)", "{segmentation}/report", "supervised"),
 ]
 
+PSEUDO_LABEL = next(label for label, _, key in ROWS if key == "unet_pseudo")
+
 
 def _unet_settings(report: dict, key: str, run: Path) -> dict:
     """``amecam train-seg``'s settings recorded in the U-Net bundle that ``report`` scored as ``key``.
@@ -98,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _held_out(folds: list[Path]) -> tuple[dict[str, Path], str]:
-    """Each held-out patient and its fold (refusing a patient held out twice), and the training seed(s) of the folds."""
+def _held_out(folds: list[Path]) -> tuple[dict[str, Path], list]:
+    """Each held-out patient and its fold (refusing a patient held out twice), and the training seeds of the folds."""
     tested: dict[str, Path] = {}
     seeds = []
     for folder in folds:
@@ -116,8 +118,20 @@ def _held_out(folds: list[Path]) -> tuple[dict[str, Path], str]:
         seed = summary.get("train_seed", summary.get("seed"))  # lgg.py trains with --seed unless --train_seed is given
         if seed not in seeds:
             seeds.append(seed)
-    name = "training seed" + ("s " if len(seeds) > 1 else " ") + "/".join("unknown" if s is None else str(s) for s in seeds)
-    return tested, name
+    return tested, seeds
+
+
+def _seed_name(seeds: list) -> str:
+    return "training seed" + ("s " if len(seeds) > 1 else " ") + "/".join("unknown" if s is None else str(s) for s in seeds)
+
+
+def _across_sets(label: str, seeds: list) -> str:
+    """``label`` as the table over the sets matches it: a pseudo-label U-Net trained with its AME-CAM run's own seed
+    (``train-seg``'s default) is the same recipe in every set, whatever that seed is."""
+    default = f", seed {seeds[0]}"
+    if len(seeds) == 1 and label.startswith(PSEUDO_LABEL) and label.endswith(default):
+        return label[: -len(default)] + ", seed of its AME-CAM run (train-seg's default)"
+    return label
 
 
 def _table(folds: list[Path], per_fold: list[dict], aim: float) -> dict[str, float | None]:
@@ -151,15 +165,16 @@ def _tables(args: argparse.Namespace) -> int:
             raise BadInput(f"--repeat {' '.join(map(str, folds))}: holds out other patients than the first set of "
                            "folds; a repeat must train the same folds again")
     pooled = []
-    for folds, (tested, seed_name) in zip(sets, held_out):
-        heading = f" ({seed_name})" if len(sets) > 1 else ""
+    for folds, (tested, seeds) in zip(sets, held_out):
+        heading = f" ({_seed_name(seeds)})" if len(sets) > 1 else ""
         print(f"{len(tested)} patients held out once each over {len(folds)} folds{heading}\n")
-        pooled.append(_table(folds, [fold_scores(folder, args.segmentation) for folder in folds], args.aim))
+        rows = _table(folds, [fold_scores(folder, args.segmentation) for folder in folds], args.aim)
+        pooled.append({_across_sets(label, seeds): value for label, value in rows.items()})
         if len(sets) > 1:
             print()
     if len(sets) > 1:
         print(f"Slice Dice pooled over the {len(held_out[0][0])} patients, per set of runs, and the mean over the sets\n")
-        print("| slice Dice | " + " | ".join(name for _, name in held_out) + f" | mean over the {len(sets)} sets | sets >= {args.aim} |")
+        print("| slice Dice | " + " | ".join(_seed_name(seeds) for _, seeds in held_out) + f" | mean over the {len(sets)} sets | sets >= {args.aim} |")
         print("|---|" + "---|" * (len(sets) + 2))
         labels = list(dict.fromkeys(label for rows in pooled for label in rows))
         for label in labels:

@@ -172,3 +172,30 @@ def test_cross_validation_repeated_with_another_training_seed_gives_each_set_and
     assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(c)]) == 2
     assert capsys.readouterr().err == (f"--repeat {a1} {c}: holds out other patients than the first set of folds; "
                                        "a repeat must train the same folds again\n")
+
+
+def test_cross_validation_repeat_matches_the_unet_trained_with_its_own_runs_seed(lgg_cv, two_folds, tmp_path, capsys):
+    a, b = two_folds
+    a1 = _fake_fold(tmp_path / "a1", ["p1", "p2"], 0.8, 10)
+    b1 = _fake_fold(tmp_path / "b1", ["p3", "p4"], 0.5, 30)
+    for fold, seed in ((a, 0), (b, 0), (a1, 1), (b1, 1)):
+        summary = json.loads((fold / "summary.json").read_text())
+        (fold / "summary.json").write_text(json.dumps({**summary, "seed": 0, "train_seed": seed}))
+        # train-seg's default: the pseudo-label U-Net takes its AME-CAM run's seed; the supervised one is seed 0 in both
+        _unet_rows(lgg_cv, [fold], capsys, fold, "mean", seeds=(seed, 0))
+    assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(b1)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line][-2:]
+    assert rows == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
+        "(train-seg's default) | 0.800 | 0.800 | 0.800 | 2 of 2 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | 0.900 | 0.900 | 0.900 | 2 of 2 |"]
+    # pseudo-label U-Nets trained with a seed other than their run's (train-seg --seed 0) are another recipe: no mean
+    for fold in (a1, b1):
+        metadata = fold / "segmentation" / "unet_pseudo" / "configs" / "metadata.json"
+        metadata.write_text(json.dumps({"amecam_training": {"settings": {"epochs": 8, "seed": 0}}}))
+    assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(b1)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "pseudo-labels" in line][-2:]
+    assert rows == [
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
+        "(train-seg's default) | 0.800 | not run | not every set | not every set |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | not run | 0.800 | not every set | not every set |"]
