@@ -149,14 +149,26 @@ def test_cross_validation_table_refuses_a_summary_without_test_cases(lgg_cv, two
     assert capsys.readouterr().err == f"{b / 'summary.json'}: no list of test_cases; give the --out folders of benchmarks/lgg.py\n"
 
 
+def _train_seed(fold, seed):
+    """Record in ``fold``'s summary.json what lgg.py writes for ``--seed 0 --train_seed seed``."""
+    summary = json.loads((fold / "summary.json").read_text())
+    (fold / "summary.json").write_text(json.dumps({**summary, "seed": 0, "train_seed": seed}))
+
+
+def _last_rows(lgg_cv, capsys, argv, marker, n):
+    """The last ``n`` lines holding ``marker`` that lgg_cv.py prints for ``argv`` (it must succeed)."""
+    assert lgg_cv.main([str(a) for a in argv]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if marker in line][-n:]
+
+
 def test_cross_validation_repeated_with_another_training_seed_gives_each_set_and_their_mean(lgg_cv, two_folds, tmp_path, capsys):
     a, b = two_folds  # training seed 0 (lgg.py's --seed, no --train_seed recorded)
     a1 = _fake_fold(tmp_path / "a1", ["p1", "p2"], 0.8, 10)
     b1 = _fake_fold(tmp_path / "b1", ["p3", "p4"], 0.5, 30)
-    for fold in (a, b, a1, b1):
-        summary = json.loads((fold / "summary.json").read_text())
-        summary.update({"seed": 0, **({"train_seed": 1} if fold in (a1, b1) else {})})
-        (fold / "summary.json").write_text(json.dumps(summary))
+    for fold in (a, b):  # lgg.py without --train_seed: no train_seed recorded, the run trained with --seed
+        (fold / "summary.json").write_text(json.dumps({**json.loads((fold / "summary.json").read_text()), "seed": 0}))
+    _train_seed(a1, 1)
+    _train_seed(b1, 1)
     assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(b1)]) == 0
     out = capsys.readouterr().out
     assert "4 patients held out once each over 2 folds (training seed 0)" in out
@@ -179,13 +191,10 @@ def test_cross_validation_repeat_matches_the_unet_trained_with_its_own_runs_seed
     a1 = _fake_fold(tmp_path / "a1", ["p1", "p2"], 0.8, 10)
     b1 = _fake_fold(tmp_path / "b1", ["p3", "p4"], 0.5, 30)
     for fold, seed in ((a, 0), (b, 0), (a1, 1), (b1, 1)):
-        summary = json.loads((fold / "summary.json").read_text())
-        (fold / "summary.json").write_text(json.dumps({**summary, "seed": 0, "train_seed": seed}))
+        _train_seed(fold, seed)
         # train-seg's default: the pseudo-label U-Net takes its AME-CAM run's seed; the supervised one is seed 0 in both
         _unet_rows(lgg_cv, [fold], capsys, fold, "mean", seeds=(seed, 0))
-    assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(b1)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "U-Net" in line][-2:]
-    assert rows == [
+    assert _last_rows(lgg_cv, capsys, [a, b, "--repeat", a1, b1], "U-Net", 2) == [
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
         "(train-seg's default) | 0.800 | 0.800 | 0.800 | 2 of 2 |",
         "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | 0.900 | 0.900 | 0.900 | 2 of 2 |"]
@@ -193,9 +202,7 @@ def test_cross_validation_repeat_matches_the_unet_trained_with_its_own_runs_seed
     for fold in (a1, b1):
         metadata = fold / "segmentation" / "unet_pseudo" / "configs" / "metadata.json"
         metadata.write_text(json.dumps({"amecam_training": {"settings": {"epochs": 8, "seed": 0}}}))
-    assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(b1)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "pseudo-labels" in line][-2:]
-    assert rows == [
+    assert _last_rows(lgg_cv, capsys, [a, b, "--repeat", a1, b1], "pseudo-labels", 2) == [
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
         "(train-seg's default) | 0.800 | not run | not every set | not every set |",
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | not run | 0.800 | not every set | not every set |"]
