@@ -13,13 +13,15 @@ slice Dice of each fold, the slice Dice pooled over every tumour slice of every 
 the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
 
 With ``--repeat`` (once per further set of runs: the same folds trained again with ``lgg.py --train_seed``), it
-prints that table for each set, then one table of the pooled slice Dice per set and their mean, so that a verdict on
-the aim rests on every training seed that was run, not on one draw. Every set must hold out the same patients.
+prints that table for each set, then one table of the pooled slice Dice per set, their mean and their sample standard
+deviation (how far one set of runs moves), so that a verdict on the aim rests on every training seed that was run, not
+on one draw. Every set must hold out the same patients.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -174,18 +176,20 @@ def _tables(args: argparse.Namespace) -> int:
             print()
     if len(sets) > 1:
         print(f"Slice Dice pooled over the {len(held_out[0][0])} patients, per set of runs, and the mean over the sets\n")
-        print("| slice Dice | " + " | ".join(_seed_name(seeds) for _, seeds in held_out) + f" | mean over the {len(sets)} sets | sets >= {args.aim} |")
-        print("|---|" + "---|" * (len(sets) + 2))
+        print("| slice Dice | " + " | ".join(_seed_name(seeds) for _, seeds in held_out)
+              + f" | mean over the {len(sets)} sets | standard deviation over the sets | sets >= {args.aim} |")
+        print("|---|" + "---|" * (len(sets) + 3))
         labels = list(dict.fromkeys(label for rows in pooled for label in rows))
         for label in labels:
             values = [rows.get(label) for rows in pooled]
             shown = " | ".join("not run" if label not in rows else "not every fold" if v is None else f"{v:.3f}"
                                for rows, v in zip(pooled, values))
             if any(v is None for v in values):
-                print(f"| {label} | {shown} | not every set | not every set |")
+                print(f"| {label} | {shown} | not every set | not every set | not every set |")
             else:
                 reached = sum(v >= args.aim for v in values)
-                print(f"| {label} | {shown} | {sum(values) / len(values):.3f} | {reached} of {len(values)} |")
+                spread = statistics.stdev(values)  # sample standard deviation (n - 1): how far one set moves
+                print(f"| {label} | {shown} | {statistics.mean(values):.3f} | {spread:.3f} | {reached} of {len(values)} |")
     return 0
 
 

@@ -176,9 +176,9 @@ def test_cross_validation_repeated_with_another_training_seed_gives_each_set_and
     # seed 0 pools to 0.675 (the first test), seed 1 to (0.8 * 10 + 0.5 * 30) / 40 = 0.575; their mean 0.625
     assert "| AME-CAM (mean of M1-M4 and Mf) | 0.800 | 0.500 | 0.575 (40 slices) | 0.325 (4 patients) | 1 of 2 |" in out
     assert out.splitlines()[-3:] == [
-        "| slice Dice | training seed 0 | training seed 1 | mean over the 2 sets | sets >= 0.65 |",
-        "|---|---|---|---|---|",
-        "| AME-CAM (mean of M1-M4 and Mf) | 0.675 | 0.575 | 0.625 | 1 of 2 |"]
+        "| slice Dice | training seed 0 | training seed 1 | mean over the 2 sets | standard deviation over the sets | sets >= 0.65 |",
+        "|---|---|---|---|---|---|",
+        "| AME-CAM (mean of M1-M4 and Mf) | 0.675 | 0.575 | 0.625 | 0.071 | 1 of 2 |"]
     # a repeat that holds out other patients is not the same cross-validation: one line, status 2
     c = _fake_fold(tmp_path / "c", ["p5", "p6"], 0.5, 5)
     assert lgg_cv.main([str(a), str(b), "--repeat", str(a1), str(c)]) == 2
@@ -196,13 +196,13 @@ def test_cross_validation_repeat_matches_the_unet_trained_with_its_own_runs_seed
         _unet_rows(lgg_cv, [fold], capsys, fold, "mean", seeds=(seed, 0))
     assert _last_rows(lgg_cv, capsys, [a, b, "--repeat", a1, b1], "U-Net", 2) == [
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
-        "(train-seg's default) | 0.800 | 0.800 | 0.800 | 2 of 2 |",
-        "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | 0.900 | 0.900 | 0.900 | 2 of 2 |"]
+        "(train-seg's default) | 0.800 | 0.800 | 0.800 | 0.000 | 2 of 2 |",
+        "| supervised U-Net (expert masks; upper bound), 8 epochs, seed 0 | 0.900 | 0.900 | 0.900 | 0.000 | 2 of 2 |"]
     # pseudo-label U-Nets trained with a seed other than their run's (train-seg --seed 0) are another recipe: no mean
     for fold in (a1, b1):
         metadata = fold / "segmentation" / "unet_pseudo" / "configs" / "metadata.json"
         metadata.write_text(json.dumps({"amecam_training": {"settings": {"epochs": 8, "seed": 0}}}))
     assert _last_rows(lgg_cv, capsys, [a, b, "--repeat", a1, b1], "pseudo-labels", 2) == [
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
-        "(train-seg's default) | 0.800 | not run | not every set | not every set |",
-        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | not run | 0.800 | not every set | not every set |"]
+        "(train-seg's default) | 0.800 | not run | not every set | not every set | not every set |",
+        "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | not run | 0.800 | not every set | not every set | not every set |"]
