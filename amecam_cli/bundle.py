@@ -29,6 +29,7 @@ from .errors import AmecamError, one_line_reason
 __all__ = [
     "LoadedBundle",
     "REQUIRED_METADATA",
+    "TTA_CHOICES",
     "bundle_template",
     "copy_template",
     "export_bundle",
@@ -48,6 +49,9 @@ REQUIRED_METADATA = (
     "data_type", "image_classes", "label_classes", "pred_classes", "eval_metrics", "intended_use",
     "references", "network_data_format",
 )
+#: test-time augmentations of ``open_bundle(tta=...)``: the bundle's ``scripts.networks.TTA_CHOICES``, kept here
+#: so that a TorchScript inference never imports MONAI (tests/test_tta.py checks the two agree)
+TTA_CHOICES = ("none", "flip")
 #: what a bundle folder holds that is shared (checkpoints, slices and logs stay out of exports)
 EXPORTED = ("configs", "scripts", "docs", "LICENSE", "models/model.pt", "models/model.ts")
 
@@ -188,6 +192,8 @@ class LoadedBundle:
         kind: ``amecam`` or ``segmentation`` (a pseudo-label U-Net bundle).
         strip_skull: the bundle removes scalp and skull from the brain mask of every volume it
             prepares, as it did in training (metadata ``preprocessing.skull_strip``; False before 0.4.0).
+        tta: the network's test-time augmentation, ``none`` or ``flip`` (metadata ``network_args.tta``,
+            or :func:`open_bundle`'s override).
     """
 
     root: Path
@@ -198,6 +204,7 @@ class LoadedBundle:
     image_size: int
     kind: str
     strip_skull: bool = False
+    tta: str = "none"
 
     @property
     def data_pattern(self) -> str | None:
@@ -271,7 +278,7 @@ def _traced_network(root: Path, device: Any) -> Any | None:
     return traced.eval() if hasattr(traced, "score") and hasattr(traced, "maps_from_raw") else None
 
 
-def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: bool = False) -> LoadedBundle:
+def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: bool = False, tta: str | None = None) -> LoadedBundle:
     """Open a trained bundle (folder or zip) and load its network.
 
     Args:
@@ -279,6 +286,10 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
             building the network from its configs: same output, and MONAI is never imported (about
             2 s of start-up). Falls back to the eager network when the trace cannot serve
             (see :func:`_traced_network`). Gradient-based commands need the eager network.
+        tta: the test-time augmentation of an AME-CAM bundle's network, ``none`` or ``flip``
+            (``AMECAMNet.tta``); ``None`` keeps the bundle's own (metadata ``network_args.tta``, ``none``
+            before 0.5.21). Another one than the bundle's runs the eager network, as the trace holds the
+            bundle's.
 
     Raises:
         AmecamError: not a bundle, no weights (``models/model.pt``), or weights that do not fit.
@@ -301,24 +312,35 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
     training = metadata.get("amecam_training", {})
     kind = training.get("kind", "amecam")
     strip_skull = bool(metadata.get("preprocessing", {}).get("skull_strip", False))
+    recorded_tta = str(metadata.get("network_args", {}).get("tta", "none"))
+    if tta is not None and tta not in TTA_CHOICES:
+        raise AmecamError(f"--augment must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
+    if tta not in (None, "none") and kind != "amecam":
+        raise AmecamError(f"{path}: --augment {tta} is for AME-CAM bundles; this is a U-Net bundle (amecam train-seg)")
+    override = tta is not None and tta != recorded_tta
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
         raise AmecamError(f"--device: {exc}") from exc
-    if torchscript and kind == "amecam" and torch_device.type == "cpu":
+    if torchscript and kind == "amecam" and torch_device.type == "cpu" and not override:
         traced = _traced_network(root, torch_device)
         if traced is not None:
             logger.info("running %s (TorchScript)", root / "models" / "model.ts")
             return LoadedBundle(root=root, metadata=metadata, scripts=scripts, network=traced, modalities=modalities,
-                                image_size=image_size, kind=kind, strip_skull=strip_skull)
+                                image_size=image_size, kind=kind, strip_skull=strip_skull, tta=recorded_tta)
     network = instantiate_network(root)
+    if override:
+        if not hasattr(network, "set_tta"):
+            raise AmecamError(f"{path}: this bundle's code predates --augment (bundle 0.5.21), so its maps cannot be "
+                              "averaged over flips; drop --augment, or train a new bundle")
+        network.set_tta(tta)
     try:
         load_weights(network, weights, torch_device)  # the toolkit's own loader: bundles from before 0.5.8 lack it
     except ValueError as exc:  # corrupt file or another architecture
         raise AmecamError(str(exc)) from exc
     network.to(torch_device).eval()
     return LoadedBundle(root=root, metadata=metadata, scripts=scripts, network=network, modalities=modalities,
-                        image_size=image_size, kind=kind, strip_skull=strip_skull)
+                        image_size=image_size, kind=kind, strip_skull=strip_skull, tta=tta or recorded_tta)
 
 
 def export_bundle(run: str | os.PathLike, output: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:

@@ -259,13 +259,14 @@ def train(
     logger.info("trained bundle: %s", result["bundle"])
 
 
-@SetParseFns(volume=str, output=str, bundle=str, save_cam=str, device=str, modality=str, pattern=str)
+@SetParseFns(volume=str, output=str, bundle=str, save_cam=str, device=str, modality=str, pattern=str, augment=str)
 def infer(
     volume: str,
     output: str | None = None,
     bundle: str | None = None,
     threshold: float = 0.5,
     crf: bool = False,
+    augment: str | None = None,
     save_cam: str | None = None,
     modality: str | None = None,
     min_size: int = 0,
@@ -288,6 +289,7 @@ def infer(
         bundle: trained bundle folder or exported .zip.
         threshold: map value from which a pixel is tumour (default 0.5).
         crf: refine with DenseCRF around the candidate tumour.
+        augment: test-time augmentation: flip averages every map over the slice and its three mirror images (4x the network's time); none turns it off (default: the bundle's own, network_args.tta, none unless edited).
         save_cam: also write the float32 tumour map here (a file, or a folder that gets <case>_cam<suffix>; a folder for several cases).
         modality: the modality of the input if its file name says otherwise; must be one the bundle was trained on.
         min_size: drop 3-D islands smaller than this many voxels (default 0: keep all).
@@ -305,7 +307,7 @@ def infer(
         raise AmecamError("infer needs --bundle RUN (a trained bundle folder or .zip)")
     results = run_inference(
         _path(volume, "volume"), _output(output, "output"), _path(bundle, "bundle"), modality=modality,
-        threshold=_float(threshold, "threshold"), crf=bool(crf), save_cam=_output(save_cam, "save_cam") if save_cam else None,
+        threshold=_float(threshold, "threshold"), crf=bool(crf), tta=augment, save_cam=_output(save_cam, "save_cam") if save_cam else None,
         device=str(device), min_size=_int(min_size, "min_size", minimum=0), batch_size=None if batch_size is None else _int(batch_size, "batch_size", minimum=1),
         pattern=pattern, overwrite=bool(overwrite), resume=bool(resume),
     )
@@ -446,7 +448,7 @@ def crf(
                     strip_skull=_bool(skull_strip, "skull_strip"), overwrite=bool(overwrite))
 
 
-@SetParseFns(data_dir=str, bundle=str, output=str, methods=str, device=str, pattern=str, extra_bundles=str)
+@SetParseFns(data_dir=str, bundle=str, output=str, methods=str, device=str, pattern=str, extra_bundles=str, augment=str)
 def evaluate(
     data_dir: str,
     bundle: str | None = None,
@@ -454,6 +456,7 @@ def evaluate(
     methods: str = "all",
     extra_bundles: str | None = None,
     crf: bool = False,
+    augment: str | None = None,
     threshold: float = 0.5,
     threshold_level: float = 0.5,
     stage: int = 4,
@@ -478,6 +481,7 @@ def evaluate(
         methods: all, or a comma-separated list of amecam, exit1..exit4, mean_exits, attention, cam, gradcam, gradcampp, layercam, scorecam, hirescam, and the training-free threshold, otsu.
         extra_bundles: comma-separated segmentation bundles (amecam train-seg, e.g. --supervised for the upper-bound row) to score as rows of their own.
         crf: also score every method after DenseCRF.
+        augment: test-time augmentation of the AME-CAM network: flip averages each of its maps (and its slice probability) over the slice and its three mirror images; none turns it off (default: the bundle's own). The gradient baselines are not augmented.
         threshold: map value from which a pixel is tumour (every method).
         threshold_level: level of the training-free threshold row on the normalised image (inverted for T1).
         stage: target stage (1-4) of the gradient baselines.
@@ -499,6 +503,7 @@ def evaluate(
         methods=cams, references=references, reference_level=_float(threshold_level, "threshold_level"),
         threshold=_float(threshold, "threshold"), crf=bool(crf), stage=_stage(stage),
         budget=_int(budget, "budget", minimum=1), batch_size=_int(batch_size, "batch_size", minimum=1), device=str(device),
+        tta=augment,
     )
     extra = [_path(p.strip(), "extra_bundles") for p in str(extra_bundles).split(",") if p.strip()] if extra_bundles else []
     report = run_evaluation(_path(data_dir, "data_dir"), _path(bundle, "bundle"), _path(output, "output"), options,

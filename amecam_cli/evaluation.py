@@ -59,6 +59,11 @@ METHOD_LABELS = {
 ATTENTION_FUSION_LABEL = "AME-CAM final map, fusion attention (Mf alone)"
 
 
+#: report.md's line for ``--tta flip``
+TTA_TEXT = ("flip: every map of the AME-CAM network and its slice probability averaged over the slice and its three "
+            "mirror images (the gradient baselines are not)")
+
+
 def method_label(name: str, *, fusion: str | None = "mean") -> str:
     """The row label of a report's method (``name`` may end in ``+crf``); ``fusion`` is the bundle's."""
     base, _, suffix = name.partition("+")
@@ -131,6 +136,9 @@ class EvaluationOptions:
         qualitative_slices: slices shown in the qualitative grid.
         references: training-free rows (``threshold``, ``otsu``; see ``amecam_cli.references``).
         reference_level: level of the ``threshold`` row on the normalised image.
+        tta: test-time augmentation of the AME-CAM network (``none`` or ``flip``; ``None``: the bundle's own).
+            It applies to every map of the network (final, Mf, exits, mean of exits) and to its slice
+            probability, not to the gradient baselines.
     """
 
     methods: tuple[str, ...]
@@ -144,6 +152,7 @@ class EvaluationOptions:
     qualitative_slices: int = 6
     references: tuple[str, ...] = ()
     reference_level: float = 0.5
+    tta: str | None = None
 
 
 def _slice_metrics(pred: np.ndarray, truth: np.ndarray, spacing) -> dict:
@@ -188,6 +197,8 @@ def _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, 
         "bundle": stamp(bundle_path), "extra_bundles": [stamp(p) for p in extra_bundles or []], "methods": list(methods),
         **{k: v for k, v in dataclasses.asdict(options).items() if k not in _SETTINGS_THAT_DO_NOT_COUNT},
     }
+    if settings["tta"] is None:  # the bundle's own, as before --tta existed: an older interrupted run still resumes
+        del settings["tta"]
     return _json_round_trip(settings)
 
 
@@ -407,7 +418,7 @@ def evaluate(
         raise AmecamError(f"{output}: no interrupted evaluation to resume there (pass --overwrite to replace what it holds)")
     if not 0.0 <= options.threshold <= 1.0:
         raise AmecamError(f"--threshold must be in [0, 1], got {options.threshold}")
-    bundle = open_bundle(bundle_path, device=options.device)
+    bundle = open_bundle(bundle_path, device=options.device, tta=options.tta)
     segmentation = [open_bundle(p, device=options.device) for p in extra_bundles or []]
     if bundle.kind == "segmentation":  # its AME-CAM source, when still there, gives the CAM rows (gated by its classifier)
         segmentation.insert(0, bundle)
@@ -415,7 +426,7 @@ def evaluate(
         bundle, why = None, "not recorded"
         if source and Path(source).exists():  # a folder or an exported zip
             try:
-                bundle = open_bundle(source, device=options.device)
+                bundle = open_bundle(source, device=options.device, tta=options.tta)
             except AmecamError as exc:
                 why = str(exc)
         elif source:
@@ -519,6 +530,7 @@ def evaluate(
         "extra_bundles": {segmentation_row_name(b): str(b.root) for b in segmentation},
         "bundle_training": reference.metadata.get("amecam_training", {}).get("settings", {}),
         "fusion": bundle.metadata.get("network_args", {}).get("fusion", "mean") if bundle is not None else None,
+        "tta": bundle.tta if bundle is not None else None,
         # volume level: which rows are gated by the AME-CAM classifier, and which score their own mask as it is
         "gating": {"by": "AME-CAM classifier (deepest exit)" if bundle is not None else None, "gated": [m for m in variants if m.split("+")[0] in methods_from_cams],
                    "own": [m for m in variants if m.split("+")[0] not in methods_from_cams]},
@@ -636,6 +648,7 @@ def _write_report(output: Path, report: dict, per_slice: list[dict], slice_rows:
         f"- Command: `{report['command']}`",
         f"- Data: `{report['data']}` ({', '.join(report['cases'])})",
         f"- Bundle: `{report['bundle']}`; training settings {json.dumps(report['bundle_training'])}",
+        *([f"- Test-time augmentation: {TTA_TEXT}"] if report.get("tta") == "flip" else []),
         f"- Versions: {json.dumps(report['versions'])}; {report['date']}",
     ]
     if report.get("scorecam"):

@@ -191,6 +191,7 @@ def run_inference(
     modality: str | None = None,
     threshold: float = 0.5,
     crf: bool = False,
+    tta: str | None = None,
     save_cam: str | Path | None = None,
     device: str = "auto",
     min_size: int = 0,
@@ -203,6 +204,7 @@ def run_inference(
     """Segment every planned volume; returns per-volume paths, tumour volume and timings.
 
     ``resume``: keep the outputs an interrupted run finished and segment only the rest (see :func:`plan_jobs`).
+    ``tta``: the network's test-time augmentation (``none``, ``flip``; ``None``: the bundle's own; see ``open_bundle``).
     """
     from tqdm.auto import tqdm
 
@@ -211,7 +213,7 @@ def run_inference(
     if resume and overwrite:
         raise AmecamError(RESUME_OR_OVERWRITE)
     started = time.perf_counter()
-    bundle = open_bundle(bundle_path, device=device, torchscript=True)
+    bundle = open_bundle(bundle_path, device=device, torchscript=True, tta=tta)
     seconds_open = time.perf_counter() - started
     jobs = plan_jobs(Path(source), output, bundle, modality=modality,
                      save_cam=save_cam or None, pattern=pattern, overwrite=overwrite, resume=resume)

@@ -27,7 +27,7 @@ def test_trained_bundle_is_complete(tiny_bundle):
     assert sorted(training["split"]) == [f"CASE_{i:02d}" for i in range(6)]
     assert set(training["split"].values()) == {"train", "val"}
     assert training["stage2"]["polarity"] in (1.0, -1.0)
-    assert metadata["network_args"] == {"stem_stride": 1, "fusion": "mean"}  # the defaults: full-resolution maps, the paper's fusion
+    assert metadata["network_args"] == {"stem_stride": 1, "fusion": "mean", "tta": "none"}  # the defaults: full-resolution maps, the paper's fusion
     assert metadata["preprocessing"] == {"skull_strip": False}
     image = metadata["network_data_format"]["inputs"]["image"]
     assert image["spatial_shape"] == [64, 64] and image["channel_def"] == {"0": "flair"}
@@ -255,7 +255,7 @@ def test_multi_channel_training_with_the_fast_stem(tmp_path, tiny_dataset):
     metadata = json.loads((run / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 2
     assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "flair", "1": "t1ce"}
-    assert metadata["network_args"] == {"stem_stride": 2, "fusion": "mean"}
+    assert metadata["network_args"] == {"stem_stride": 2, "fusion": "mean", "tta": "none"}
     # the trained bundle rebuilds the same architecture from its own configs: M1 at a quarter of the input size
     from amecam_cli.bundle import instantiate_network
 

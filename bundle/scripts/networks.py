@@ -37,6 +37,7 @@ __all__ = [
     "AttentionAggregator",
     "EXIT_WEIGHTS",
     "FUSION_CHOICES",
+    "TTA_CHOICES",
     "FastInstanceNorm2d",
     "MultiExitResNet",
     "SegmentationNet",
@@ -50,6 +51,11 @@ EXIT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_NORM = ("instance", {"affine": True})
 #: how the final map is made: ``mean`` = ``minmax(mean(M1..M4, Mf))`` (the paper), ``attention`` = Mf alone
 FUSION_CHOICES = ("mean", "attention")
+#: test-time augmentation: ``none``, or ``flip`` = every map averaged over the slice and its three mirror images
+#: (left-right, up-down, both: the flips training augments with), the exit logits too
+TTA_CHOICES = ("none", "flip")
+#: the flipped views of ``flip``: the dimensions each one mirrors
+FLIP_VIEWS = ((), (-1,), (-2,), (-2, -1))
 
 
 class FastInstanceNorm2d(nn.InstanceNorm2d):
@@ -273,27 +279,66 @@ class AMECAMNet(nn.Module):
             the attention map Mf alone (as the ``attention`` row of ``amecam evaluate`` scores it).
             Only inference depends on it: both share the same weights (a bundle records it as
             ``network_args.fusion``). docs/benchmarks.md section 8 compares the two.
+        tta: ``none``, or ``flip``: test-time augmentation. The whole network runs on the slice and its three
+            mirror images (left-right, up-down, both: the flips training augments with); every map is flipped
+            back and averaged over the four, the exit logits are averaged (4x the work; same weights). A bundle records it as ``network_args.tta``; ``amecam infer
+            --tta`` and ``amecam evaluate --tta`` override it (:meth:`set_tta`). docs/benchmarks.md section 2m.
         classifier_kwargs: passed to :class:`MultiExitResNet`.
     """
 
-    def __init__(self, in_channels: int = 1, *, hidden: int = 32, fusion: str = "mean", **classifier_kwargs) -> None:
+    def __init__(self, in_channels: int = 1, *, hidden: int = 32, fusion: str = "mean", tta: str = "none",
+                 **classifier_kwargs) -> None:
         super().__init__()
         if fusion not in FUSION_CHOICES:
             msg = f"fusion must be one of {', '.join(FUSION_CHOICES)}, got {fusion!r}"
             raise ValueError(msg)
         self.fusion = fusion
+        self.set_tta(tta)
         self.classifier = MultiExitResNet(in_channels, **classifier_kwargs)
         self.aggregator = AttentionAggregator(n_maps=4, hidden=hidden)
+
+    def set_tta(self, tta: str) -> "AMECAMNet":
+        """Choose the test-time augmentation (one of :data:`TTA_CHOICES`); returns the network."""
+        if tta not in TTA_CHOICES:
+            msg = f"tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}"
+            raise ValueError(msg)
+        self.tta = tta
+        return self
 
     @staticmethod
     def grey(x: torch.Tensor) -> torch.Tensor:
         """The grey image the aggregator sees: the mean over modalities."""
         return x.mean(dim=1, keepdim=True)
 
+    def _views(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` itself, or with ``tta="flip"`` its four mirror images in one batch of ``4 B`` (see :data:`FLIP_VIEWS`)."""
+        if self.tta == "none":
+            return x
+        return torch.cat([x.flip(dims) if dims else x for dims in FLIP_VIEWS])
+
+    def _average_views(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With ``tta="flip"``: each ``(4 B, ...)`` map of :meth:`_combine` on :meth:`_views` flipped back and
+        averaged over the views; the paper's final map is min-max normalised again, as it is per slice."""
+        if self.tta == "none":
+            return out
+        batch, averaged = x.shape[0], {}
+        for key, value in out.items():
+            parts = value.view(len(FLIP_VIEWS), batch, *value.shape[1:])
+            averaged[key] = torch.stack([part.flip(dims) if dims else part for part, dims in zip(parts, FLIP_VIEWS)]).mean(dim=0)
+        if self.fusion == "mean":
+            averaged["final"] = minmax_per_image(averaged["final"], brain_region(x))
+        return averaged
+
     def all_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every intermediate: exit ``logits`` (B, 4), ``exits`` (B, 4, H, W), ``attention`` Mf and ``final``."""
-        logits, exits = self.classifier.exit_maps(x)
-        return {"logits": logits, **self._combine(x, exits)}
+        """Every intermediate: exit ``logits`` (B, 4), ``exits`` (B, 4, H, W), ``attention`` Mf and ``final``.
+
+        With ``tta="flip"`` every map is made on each of the four mirror images, flipped back and averaged
+        (the final map re-normalised), and the logits are averaged.
+        """
+        views = self._views(x)
+        logits, exits = self.classifier.exit_maps(views)
+        return {"logits": logits.view(-1, x.shape[0], logits.shape[1]).mean(dim=0),
+                **self._average_views(x, self._combine(views, exits))}
 
     def _combine(self, x: torch.Tensor, exits: torch.Tensor) -> dict[str, torch.Tensor]:
         mf = self.aggregator.oriented(self.grey(x), exits)
@@ -315,14 +360,23 @@ class AMECAMNet(nn.Module):
         maps only for the slices the classifier calls tumour (``scripts.inference.gated_output``). Both
         methods are traced into ``models/model.ts`` beside ``forward``.
         """
-        logits, raw = self.classifier(x)
-        return (torch.sigmoid(logits[:, -1]), *raw)
+        logits, raw = self.classifier(self._views(x))
+        if self.tta == "none":
+            return (torch.sigmoid(logits[:, -1]), *raw)
+        batch, n = x.shape[0], len(FLIP_VIEWS)
+        # each exit's raw maps of the four views as the channels of one (B, 4, h, w) map, so that gating
+        # can pick slices by the first dimension
+        raw = [m.view(n, batch, *m.shape[2:]).transpose(0, 1) for m in raw]
+        return (torch.sigmoid(logits.view(n, batch, -1).mean(dim=0)[:, -1]), *raw)
 
     def maps_from_raw(self, x: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, m3: torch.Tensor, m4: torch.Tensor) -> torch.Tensor:
         """The final map ``(B, 1, H, W)`` of ``x`` from its raw exit maps (as :meth:`score` returns them);
         equal to channel 0 of :meth:`forward`, as every normalisation is per image."""
-        exits = self.classifier.orient_maps(x, [m1, m2, m3, m4])
-        return self._combine(x, exits)["final"]
+        views = self._views(x)
+        if self.tta != "none":  # back from (B, 4 views, h, w) to the views' (4 B, 1, h, w)
+            m1, m2, m3, m4 = (m.transpose(0, 1).reshape(-1, 1, *m.shape[2:]) for m in (m1, m2, m3, m4))
+        exits = self.classifier.orient_maps(views, [m1, m2, m3, m4])
+        return self._average_views(x, self._combine(views, exits))["final"]
 
 
 class SegmentationNet(nn.Module):
