@@ -8,8 +8,9 @@
     python benchmarks/lgg_cv.py FOLD0 ... FOLD3 --repeat FOLD0_SEED1 ... FOLD3_SEED1   # the same folds, other training seeds
 
 Reads each fold's ``summary.json`` (its test patients) and the ``report.json`` of ``report``, ``report_crf`` and
-``report_threshold`` (and of ``segmentation/report``, or ``--segmentation``'s, where benchmarks/segmentation.py ran); checks that the folds' test patients are disjoint; prints one row per method with the
-slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
+``report_threshold`` (and of ``report_crf_tta``, the same maps with flip test-time augmentation, where
+benchmarks/tta.py ran, and of ``segmentation/report``, or ``--segmentation``'s, where benchmarks/segmentation.py
+ran); checks that the folds' test patients are disjoint; prints one row per method with the slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
 the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
 
 With ``--repeat`` (once per further set of runs: the same folds trained again with ``lgg.py --train_seed``), it
@@ -29,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BadInput, read_json  # noqa: E402
 
+#: the report of benchmarks/tta.py: the same maps with ``amecam evaluate --tta flip``; the only report scored with it
+TTA_REPORT = "report_crf_tta"
 ROWS = [  # (label, report folder, method key)
     ("AME-CAM (mean of M1-M4 and Mf)", "report", "amecam"),
     ("Mf alone", "report", "attention"),
@@ -38,6 +41,10 @@ ROWS = [  # (label, report folder, method key)
     ("Exit 4", "report", "exit4"),
     ("AME-CAM + DenseCRF", "report_crf", "amecam+crf"),
     ("Mf + DenseCRF", "report_crf", "attention+crf"),
+    ("AME-CAM, flip TTA", TTA_REPORT, "amecam"),
+    ("Mf alone, flip TTA", TTA_REPORT, "attention"),
+    ("AME-CAM + DenseCRF, flip TTA", TTA_REPORT, "amecam+crf"),
+    ("Mf + DenseCRF, flip TTA", TTA_REPORT, "attention+crf"),
     ("brightness threshold (no training)", "report_threshold", "threshold"),
     ("U-Net on AME-CAM's pseudo-labels", "{segmentation}/report", "unet_pseudo"),
     ("supervised U-Net (expert masks; upper bound)", "{segmentation}/report", "supervised"),
@@ -74,6 +81,10 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
         if not path.is_file():
             continue
         content = read_json(path, report=True)
+        augmented = (content.get("tta") or "none") != "none"
+        if augmented != (report == TTA_REPORT):  # a row's label says whether its maps were augmented: it must be so
+            raise BadInput(f"{path}: scored {'with' if augmented else 'without'} --tta, but the rows of {report}/ are "
+                           f"{'with --tta flip (benchmarks/tta.py)' if report == TTA_REPORT else 'without it'}")
         method = content["methods"].get(key)
         if method is not None:
             if key == "unet_pseudo":

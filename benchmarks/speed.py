@@ -4,7 +4,8 @@
     python benchmarks/speed.py rescore --runs bench_output/RUN ...   # every map of the networks train runs left
     python benchmarks/speed.py stage2 --source bench_output/RUN --attention_epochs 12 --out bench_output/NEW
                                           # stage 2 again, longer, on a train run's frozen classifier
-    python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass (--crf: with DenseCRF)
+    python benchmarks/speed.py infer      # amecam infer on one 240x240x155 volume vs a bare ResNet-18 pass (--crf: with DenseCRF;
+                                          # --augment flip: with flip test-time augmentation)
     python benchmarks/speed.py boxes      # how wide the brain box (the crop) is on the phantoms
     python benchmarks/speed.py norms --stem_stride 1   # instance norm vs group norm, NCHW vs channels-last
 
@@ -389,10 +390,10 @@ def _timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - started, result.stderr
 
 
-def _infer_once(bundle: Path, volume: Path, out: Path, device: str, crf: bool = False) -> tuple[float, dict]:
+def _infer_once(bundle: Path, volume: Path, out: Path, device: str, crf: bool = False, augment: str | None = None) -> tuple[float, dict]:
     executable = str(Path(sys.executable).with_name("amecam"))
     seconds, log = _timed([executable, "infer", str(volume), "-o", str(out / "mask.nii.gz"), "--bundle", str(bundle),
-                           "--device", device, "--overwrite", *(["--crf"] if crf else [])])
+                           "--device", device, "--overwrite", *(["--crf"] if crf else []), *(["--augment", augment] if augment else [])])
     match = re.search(r"timings: (\{.*\})", log)
     return seconds, json.loads(match.group(1)) if match else {}
 
@@ -433,12 +434,12 @@ def infer_benchmark(args) -> dict:
     bare: list[float] = []
     for _ in range(args.repeats):
         for i, bundle in enumerate(bundles):
-            seconds, breakdown = _infer_once(bundle, volume, out, args.device, args.crf)
+            seconds, breakdown = _infer_once(bundle, volume, out, args.device, args.crf, args.augment if i == 0 else None)
             runs[i].append(seconds)
             if breakdown:
                 breakdowns[i].append(breakdown)
         bare.append(_timed([sys.executable, "-c", _BARE, args.device])[0])
-    result = {"volume": str(volume), "bundle": str(args.bundle), "device": args.device, "crf": args.crf,
+    result = {"volume": str(volume), "bundle": str(args.bundle), "device": args.device, "crf": args.crf, "augment": args.augment,
               **_infer_summary(runs[0], breakdowns[0], bare)}
     if args.versus:
         result["versus"] = {str(bundle): _infer_summary(runs[i], breakdowns[i], bare) for i, bundle in enumerate(bundles) if i}
@@ -554,6 +555,9 @@ def main() -> None:
     parser.add_argument("--volume", type=Path, help="infer: the volume to segment (default: the benchmark cohort's SYN_021, "
                         "240x240x155); the bare pass stays 155 slices at 128x128")
     parser.add_argument("--crf", action="store_true", help="infer: run amecam infer with --crf (DenseCRF on the candidate's box)")
+    parser.add_argument("--augment", choices=("none", "flip"), help="infer: amecam infer --augment for --bundle (not for --versus, "
+                        "which run as their bundles say: --bundle COPY --augment flip --versus RUN times the augmentation "
+                        "against the plain run in one call)")
     parser.add_argument("--out", type=Path, default=OUTPUT / "speed")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="train, infer: where to train or run amecam infer and the bare pass (train scores on the CPU either way)")

@@ -206,3 +206,23 @@ def test_cross_validation_repeat_matches_the_unet_trained_with_its_own_runs_seed
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed of its AME-CAM run "
         "(train-seg's default) | 0.800 | not run | not every set | not every set | not every set |",
         "| U-Net on AME-CAM's pseudo-labels (labelled by fusion mean), 8 epochs, seed 0 | not run | 0.800 | not every set | not every set | not every set |"]
+
+
+def test_cross_validation_table_adds_the_flip_tta_rows_and_refuses_a_report_in_the_wrong_folder(lgg_cv, two_folds, capsys):
+    """benchmarks/tta.py's report_crf_tta gives rows of their own; a report scored with --tta where the plain rows are
+    read, or without it where the TTA rows are, is refused rather than mislabelled."""
+    a, b = two_folds
+    for fold, dice in ((a, 0.7), (b, 0.8)):
+        (fold / "report_crf_tta").mkdir()
+        methods = {"amecam+crf": {"slice": {"dice": dice, "n_dice": 10}, "volume": {"dice": 0.5, "n_dice": 2}}}
+        (fold / "report_crf_tta" / "report.json").write_text(json.dumps({"methods": methods, "tta": "flip"}))
+    assert lgg_cv.main([str(a), str(b)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| AME-CAM")]
+    assert rows == ["| AME-CAM (mean of M1-M4 and Mf) | 0.600 | 0.700 | 0.675 (40 slices) | 0.325 (4 patients) | 1 of 2 |",
+                    "| AME-CAM + DenseCRF, flip TTA | 0.700 | 0.800 | 0.750 (20 slices) | 0.500 (4 patients) | 2 of 2 |"]
+    (a / "report_crf_tta" / "report.json").write_text(json.dumps({"methods": {}, "tta": "none"}))
+    assert lgg_cv.main([str(a), str(b)]) == 2
+    assert "report_crf_tta/report.json: scored without --tta, but the rows of report_crf_tta/ are with --tta flip" in capsys.readouterr().err
+    (a / "report" / "report.json").write_text(json.dumps({"methods": {}, "tta": "flip"}))
+    assert lgg_cv.main([str(a), str(b)]) == 2
+    assert "report/report.json: scored with --tta, but the rows of report/ are without it" in capsys.readouterr().err
