@@ -288,8 +288,7 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
             (see :func:`_traced_network`). Gradient-based commands need the eager network.
         tta: the test-time augmentation of an AME-CAM bundle's network, ``none`` or ``flip``
             (``AMECAMNet.tta``); ``None`` keeps the bundle's own (metadata ``network_args.tta``, ``none``
-            before 0.5.21). Another one than the bundle's runs the eager network, as the trace holds the
-            bundle's.
+            before 0.5.21). The eager network runs unless both are ``none``, as the trace holds no choice.
 
     Raises:
         AmecamError: not a bundle, no weights (``models/model.pt``), or weights that do not fit.
@@ -322,7 +321,9 @@ def open_bundle(path: str | os.PathLike, *, device: str = "auto", torchscript: b
         torch_device = resolve_device(device)
     except ValueError as exc:
         raise AmecamError(f"--device: {exc}") from exc
-    if torchscript and kind == "amecam" and torch_device.type == "cpu" and not override:
+    # the trace holds whatever augmentation the network had when it was traced; a network_args.tta edited in later
+    # would not be in it. So the trace serves only where neither the bundle nor the call asks for one
+    if torchscript and kind == "amecam" and torch_device.type == "cpu" and tta in (None, "none") and recorded_tta == "none":
         traced = _traced_network(root, torch_device)
         if traced is not None:
             logger.info("running %s (TorchScript)", root / "models" / "model.ts")

@@ -178,3 +178,17 @@ def test_monai_bundle_run_takes_augment(tmp_path, tiny_bundle):
         assert proc.returncode == 0, proc.stderr[-2000:]
         cams[tta] = nib.load(str(cam)).get_fdata()
     assert np.abs(cams["flip"] - cams["none"]).max() > 0.01
+
+
+def test_a_bundle_whose_metadata_asks_for_flip_runs_it_not_its_unaugmented_trace(tmp_path, tiny_bundle):
+    from amecam_cli.bundle import open_bundle
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_bundle, edited, ignore=shutil.ignore_patterns("slices", "checkpoints", "logs"))
+    metadata = json.loads((edited / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    metadata["network_args"]["tta"] = "flip"
+    (edited / "configs" / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    assert (edited / "models" / "model.ts").is_file()
+    opened = open_bundle(edited, device="cpu", torchscript=True)
+    assert opened.tta == "flip" and opened.network.tta == "flip"
+    assert open_bundle(edited, device="cpu", torchscript=True, tta="none").network.tta == "none"
