@@ -16,6 +16,7 @@ first training case), so the only difference in what follows is the augmentation
 ``run_tta`` and report exist is left as it is.
 
     python benchmarks/tta.py --copy RUN COPY   # only the checked copy of one bundle folder (for speed.py infer --augment)
+    python benchmarks/tta.py --compare SOURCE ...   # per run: what --augment flip changed, from the two reports
 """
 
 from __future__ import annotations
@@ -80,11 +81,47 @@ def check_same_output(run: Path, copy: Path) -> int:
     return len(x)
 
 
+COMPARED = ("amecam", "attention", "amecam+crf", "attention+crf")
+
+
+def compare(sources: list[Path]) -> None:
+    """Print, per SOURCE, --augment flip's change of slice Dice (points) of each map, of the paper's map + DenseCRF's
+    volume Dice, of the classifier's slice AUC, and the seconds spent on the maps, from ``report_crf`` and
+    ``report_crf_tta``."""
+    print("| run | " + " | ".join(f"{m} slice Dice" for m in COMPARED) + " | amecam+crf volume Dice | slice AUC | maps (s) |")
+    print("|---|" + "---|" * (len(COMPARED) + 3))
+    ups = {m: 0 for m in COMPARED}
+    for source in sources:
+        paths = [source / name / "report.json" for name in ("report_crf", REPORT)]
+        for path in paths:
+            if not path.is_file():
+                raise SystemExit(f"{path}: missing; run amecam evaluate (report_crf) and this script on {source} first")
+        plain, flipped = (read_json(path, report=True) for path in paths)
+        if (flipped.get("tta") or "none") != "flip" or (plain.get("tta") or "none") != "none":
+            raise SystemExit(f"{source}: {REPORT} must be scored with --augment flip and report_crf without it")
+        cells = []
+        for method in COMPARED:
+            change = flipped["methods"][method]["slice"]["dice"] - plain["methods"][method]["slice"]["dice"]
+            ups[method] += change > 0
+            cells.append(f"{100 * change:+.1f}")
+        volume = flipped["methods"]["amecam+crf"]["volume"]["dice"] - plain["methods"]["amecam+crf"]["volume"]["dice"]
+        auc = f"{plain['classifier_slice_auc']:.3f} -> {flipped['classifier_slice_auc']:.3f}"
+        seconds = f"{plain['seconds']['maps']:.0f} -> {flipped['seconds']['maps']:.0f}"
+        print(f"| {source.name} | " + " | ".join(cells) + f" | {100 * volume:+.1f} | {auc} | {seconds} |")
+    print("| higher with flips | " + " | ".join(f"{ups[m]} of {len(sources)}" for m in COMPARED) + " | | | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", type=Path, nargs="*", help="folders of benchmarks/lgg.py (SOURCE/run, SOURCE/test.json)")
     parser.add_argument("--copy", type=Path, nargs=2, metavar=("RUN", "COPY"), help="make and check COPY of the bundle RUN, nothing else")
+    parser.add_argument("--compare", action="store_true", help="only print what the augmentation changed in each SOURCE's scores")
     args = parser.parse_args()
+    if args.compare:
+        if not args.sources:
+            parser.error("--compare needs the folders of benchmarks/lgg.py")
+        compare(args.sources)
+        return
     if args.copy:
         run, copy = args.copy
         if not (run / "models" / "model.pt").is_file():

@@ -226,3 +226,30 @@ def test_cross_validation_table_adds_the_flip_tta_rows_and_refuses_a_report_in_t
     (a / "report" / "report.json").write_text(json.dumps({"methods": {}, "tta": "flip"}))
     assert lgg_cv.main([str(a), str(b)]) == 2
     assert "report/report.json: scored with --tta, but the rows of report/ are without it" in capsys.readouterr().err
+
+
+def test_tta_compare_prints_each_runs_change_and_refuses_reports_the_wrong_way_round(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_tta", REPO / "benchmarks" / "tta.py")
+        tta = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tta)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def report(folder, name, dice, augment):
+        (folder / name).mkdir(parents=True)
+        methods = {m: {"slice": {"dice": dice + 0.01 * i}, "volume": {"dice": dice / 2}} for i, m in enumerate(tta.COMPARED)}
+        content = {"methods": methods, "tta": augment, "classifier_slice_auc": dice, "seconds": {"maps": 10 * dice}}
+        (folder / name / "report.json").write_text(json.dumps(content))
+
+    run = tmp_path / "fold"
+    report(run, "report_crf", 0.6, "none")
+    report(run, tta.REPORT, 0.63, "flip")
+    tta.compare([run])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| fold | +3.0 | +3.0 | +3.0 | +3.0 | +1.5 | 0.600 -> 0.630 | 6 -> 6 |"
+    assert lines[3].startswith("| higher with flips | 1 of 1 | 1 of 1 |")
+    (run / tta.REPORT / "report.json").write_text((run / "report_crf" / "report.json").read_text())
+    with pytest.raises(SystemExit, match="must be scored with --augment flip"):
+        tta.compare([run])
