@@ -6,8 +6,8 @@
 A trained bundle runs with its own code, and a run trained before 0.5.21 cannot take ``--augment``. For each SOURCE this
 script therefore makes ``SOURCE/run_tta``: the run's metadata, docs and weights (``models/model.pt``, copied, never
 changed) with this toolkit's ``scripts/`` and ``configs/inference.yaml``. Before scoring, it checks that the copy
-without augmentation gives *exactly* the run's own output (the same ``(B, 2, S, S)`` tensor on the slices of its
-first training case), so the only difference in what follows is the augmentation. Then, printed as it runs:
+without augmentation gives *exactly* the run's own output (the same ``(B, 2, S, S)`` tensor on the first 16
+slices of the first case in its slice folder), so the only difference in what follows is the augmentation. Then, printed as it runs:
 
     amecam evaluate --data_dir SOURCE/test.json --bundle SOURCE/run_tta -o SOURCE/report_crf_tta \\
         --methods amecam,attention --crf --augment flip
@@ -66,7 +66,7 @@ def check_same_output(run: Path, copy: Path) -> int:
     own = open_bundle(run, device="cpu")
     size, channels = own.image_size, len(own.modalities)
     stacks = sorted((run / "slices" / "images").glob("*.npy"))
-    if stacks:  # the first training case's slices, as training saw them
+    if stacks:  # the first case's slices (training or validation), as training prepared them
         x = torch.as_tensor(np.load(stacks[0])[:16].astype(np.float32))
     else:  # slices not kept: a seeded random batch with an empty border, as preprocessing leaves outside the brain
         x = torch.rand(8, channels, size, size, generator=torch.Generator().manual_seed(0))
