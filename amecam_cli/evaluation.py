@@ -59,7 +59,7 @@ METHOD_LABELS = {
 ATTENTION_FUSION_LABEL = "AME-CAM final map, fusion attention (Mf alone)"
 
 
-#: report.md's line for ``--tta flip``
+#: report.md's line for ``--augment flip``
 TTA_TEXT = ("flip: every map of the AME-CAM network and its slice probability averaged over the slice and its three "
             "mirror images (the gradient baselines are not)")
 
@@ -197,7 +197,7 @@ def _resume_settings(data, pattern, cases, bundle_path, extra_bundles, methods, 
         "bundle": stamp(bundle_path), "extra_bundles": [stamp(p) for p in extra_bundles or []], "methods": list(methods),
         **{k: v for k, v in dataclasses.asdict(options).items() if k not in _SETTINGS_THAT_DO_NOT_COUNT},
     }
-    if settings["tta"] is None:  # the bundle's own, as before --tta existed: an older interrupted run still resumes
+    if settings["tta"] is None:  # the bundle's own, as before --augment existed: an older interrupted run still resumes
         del settings["tta"]
     return _json_round_trip(settings)
 

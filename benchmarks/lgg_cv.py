@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BadInput, read_json  # noqa: E402
 
-#: the report of benchmarks/tta.py: the same maps with ``amecam evaluate --tta flip``; the only report scored with it
+#: the report of benchmarks/tta.py: the same maps with ``amecam evaluate --augment flip``; the only report scored with it
 TTA_REPORT = "report_crf_tta"
 ROWS = [  # (label, report folder, method key)
     ("AME-CAM (mean of M1-M4 and Mf)", "report", "amecam"),
@@ -83,8 +83,8 @@ def fold_scores(folder: Path, segmentation: str = "segmentation") -> dict:
         content = read_json(path, report=True)
         augmented = (content.get("tta") or "none") != "none"
         if augmented != (report == TTA_REPORT):  # a row's label says whether its maps were augmented: it must be so
-            raise BadInput(f"{path}: scored {'with' if augmented else 'without'} --tta, but the rows of {report}/ are "
-                           f"{'with --tta flip (benchmarks/tta.py)' if report == TTA_REPORT else 'without it'}")
+            raise BadInput(f"{path}: scored {'with' if augmented else 'without'} --augment, but the rows of {report}/ are "
+                           f"{'with --augment flip (benchmarks/tta.py)' if report == TTA_REPORT else 'without it'}")
         method = content["methods"].get(key)
         if method is not None:
             if key == "unet_pseudo":

@@ -209,7 +209,7 @@ def test_cross_validation_repeat_matches_the_unet_trained_with_its_own_runs_seed
 
 
 def test_cross_validation_table_adds_the_flip_tta_rows_and_refuses_a_report_in_the_wrong_folder(lgg_cv, two_folds, capsys):
-    """benchmarks/tta.py's report_crf_tta gives rows of their own; a report scored with --tta where the plain rows are
+    """benchmarks/tta.py's report_crf_tta gives rows of their own; a report scored with --augment where the plain rows are
     read, or without it where the TTA rows are, is refused rather than mislabelled."""
     a, b = two_folds
     for fold, dice in ((a, 0.7), (b, 0.8)):
@@ -222,10 +222,10 @@ def test_cross_validation_table_adds_the_flip_tta_rows_and_refuses_a_report_in_t
                     "| AME-CAM + DenseCRF, flip TTA | 0.700 | 0.800 | 0.750 (20 slices) | 0.500 (4 patients) | 2 of 2 |"]
     (a / "report_crf_tta" / "report.json").write_text(json.dumps({"methods": {}, "tta": "none"}))
     assert lgg_cv.main([str(a), str(b)]) == 2
-    assert "report_crf_tta/report.json: scored without --tta, but the rows of report_crf_tta/ are with --tta flip" in capsys.readouterr().err
+    assert "report_crf_tta/report.json: scored without --augment, but the rows of report_crf_tta/ are with --augment flip" in capsys.readouterr().err
     (a / "report" / "report.json").write_text(json.dumps({"methods": {}, "tta": "flip"}))
     assert lgg_cv.main([str(a), str(b)]) == 2
-    assert "report/report.json: scored with --tta, but the rows of report/ are without it" in capsys.readouterr().err
+    assert "report/report.json: scored with --augment, but the rows of report/ are without it" in capsys.readouterr().err
 
 
 def test_tta_compare_prints_each_runs_change_and_refuses_reports_the_wrong_way_round(tmp_path, capsys):

@@ -37,10 +37,10 @@ __all__ = [
     "AttentionAggregator",
     "EXIT_WEIGHTS",
     "FUSION_CHOICES",
-    "TTA_CHOICES",
     "FastInstanceNorm2d",
     "MultiExitResNet",
     "SegmentationNet",
+    "TTA_CHOICES",
     "brain_region",
     "minmax_per_image",
     "use_fast_instance_norm",
@@ -281,8 +281,9 @@ class AMECAMNet(nn.Module):
             ``network_args.fusion``). docs/benchmarks.md section 8 compares the two.
         tta: ``none``, or ``flip``: test-time augmentation. The whole network runs on the slice and its three
             mirror images (left-right, up-down, both: the flips training augments with); every map is flipped
-            back and averaged over the four, the exit logits are averaged (4x the work; same weights). A bundle records it as ``network_args.tta``; ``amecam infer
-            --tta`` and ``amecam evaluate --tta`` override it (:meth:`set_tta`). docs/benchmarks.md section 2m.
+            back and averaged over the four, the exit logits are averaged (4x the work; same weights). A bundle
+            records it as ``network_args.tta``; ``--augment`` of ``amecam infer``, ``amecam evaluate`` and the
+            inference config overrides it (:meth:`set_tta`). docs/benchmarks.md section 2m.
         classifier_kwargs: passed to :class:`MultiExitResNet`.
     """
 
