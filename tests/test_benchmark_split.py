@@ -12,16 +12,21 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def common():
+def _benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module (its own imports of ``common`` resolved from the benchmarks folder)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("bench_common", REPO / "benchmarks" / "common.py")
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     return module
+
+
+@pytest.fixture(scope="module")
+def common():
+    return _benchmark("common")
 
 
 def test_folds_of_one_seed_test_every_case_once(common):
@@ -229,13 +234,7 @@ def test_cross_validation_table_adds_the_flip_tta_rows_and_refuses_a_report_in_t
 
 
 def test_tta_compare_prints_each_runs_change_and_refuses_reports_the_wrong_way_round(tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_tta", REPO / "benchmarks" / "tta.py")
-        tta = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tta)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    tta = _benchmark("tta")
 
     def report(folder, name, dice, augment):
         (folder / name).mkdir(parents=True)
