@@ -10,8 +10,9 @@
 Reads each fold's ``summary.json`` (its test patients) and the ``report.json`` of ``report``, ``report_crf`` and
 ``report_threshold`` (and of ``report_crf_tta``, the same maps with flip test-time augmentation, where
 benchmarks/tta.py ran, and of ``segmentation/report``, or ``--segmentation``'s, where benchmarks/segmentation.py
-ran); checks that the folds' test patients are disjoint; prints one row per method with the slice Dice of each fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once),
-the mean volume Dice over the patients, and on how many folds the slice Dice reaches ``--aim``.
+ran); checks that the folds' test patients are disjoint; prints one row per method with the slice Dice of each
+fold, the slice Dice pooled over every tumour slice of every fold (each slice counts once), the mean volume Dice
+over the patients, and on how many folds the slice Dice reaches ``--aim``.
 
 With ``--repeat`` (once per further set of runs: the same folds trained again with ``lgg.py --train_seed``), it
 prints that table for each set, then one table of the pooled slice Dice per set, their mean and their sample standard
@@ -29,9 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BadInput, read_json  # noqa: E402
-
-#: the report of benchmarks/tta.py: the same maps with ``amecam evaluate --augment flip``; the only report scored with it
-TTA_REPORT = "report_crf_tta"
+from tta import REPORT as TTA_REPORT  # noqa: E402  (the same maps with --augment flip; the only report scored with it)
 ROWS = [  # (label, report folder, method key)
     ("AME-CAM (mean of M1-M4 and Mf)", "report", "amecam"),
     ("Mf alone", "report", "attention"),

@@ -145,7 +145,7 @@ def test_tta_is_refused_on_a_bundle_whose_code_predates_it(tmp_path, tiny_bundle
     assert main(["infer", str(src), "-o", str(out), "--bundle", str(old), "--augment", "none", "--device", "cpu"]) == 0  # its own
 
 
-def test_evaluate_with_tta_flip_records_it(tmp_path, tiny_bundle):
+def test_evaluate_with_tta_flip_records_it(tmp_path, tiny_bundle, capsys):
     data = tmp_path / "data"
     from tests.conftest import write_brats_case
 
@@ -159,10 +159,14 @@ def test_evaluate_with_tta_flip_records_it(tmp_path, tiny_bundle):
     plain = tmp_path / "plain"
     assert main(["evaluate", "--data_dir", str(data), "--bundle", str(tiny_bundle), "-o", str(plain), "--methods", "amecam",
                  "--device", "cpu"]) == 0
-    assert json.loads((plain / "report.json").read_text(encoding="utf-8"))["tta"] == "none"
+    unaugmented = json.loads((plain / "report.json").read_text(encoding="utf-8"))
+    assert unaugmented["tta"] == "none"
+    # the flips reach the scored maps, not only the report's record
+    assert abs(content["methods"]["amecam"]["slice"]["dice"] - unaugmented["methods"]["amecam"]["slice"]["dice"]) > 0.01
     # --resume of the augmented report with other settings is refused, not mixed
     assert main(["evaluate", "--data_dir", str(data), "--bundle", str(tiny_bundle), "-o", str(report), "--methods", "amecam",
                  "--augment", "none", "--device", "cpu", "--resume"]) == 2
+    assert 'other settings (tta "flip", now "none")' in capsys.readouterr().err
 
 
 def test_monai_bundle_run_takes_augment(tmp_path, tiny_bundle):
