@@ -187,6 +187,23 @@ def test_explain_refuses_an_amecam_bundle(tmp_path, tiny_bundle, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "e.nii.gz").exists()
 
 
+@pytest.mark.parametrize("command", ["infer", "evaluate"])
+def test_augment_flip_is_refused_for_a_seg_bundle(tmp_path, seg_bundle, tiny_dataset, command, capsys):
+    """The flips are the AME-CAM network's (AMECAMNet.set_tta); a U-Net bundle has none, so one line, no output."""
+    out = tmp_path / "out"
+    if command == "infer":
+        image, _ = planted_case(seed=4)
+        src = save_nifti(tmp_path / "v_flair.nii.gz", image.astype(np.int16))
+        args = ["infer", str(src), "-o", str(out / "m.nii.gz")]
+    else:
+        args = ["evaluate", "--data_dir", str(tiny_dataset), "-o", str(out), "--methods", "amecam"]
+    code = main([*args, "--bundle", str(seg_bundle), "--augment", "flip", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment flip is for AME-CAM bundles; this is a U-Net bundle" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (out / "m.nii.gz").exists() and not (out / "report.json").exists()
+
+
 def test_train_seg_refuses_a_seg_bundle_as_source(tmp_path, seg_bundle, tiny_dataset):
     from amecam_cli.segmentation import train_segmentation
 
