@@ -185,7 +185,7 @@ def test_monai_bundle_run_takes_augment(tmp_path, tiny_bundle):
 
 
 def test_a_bundle_whose_metadata_asks_for_flip_runs_it_not_its_unaugmented_trace(tmp_path, tiny_bundle):
-    from amecam_cli.bundle import open_bundle
+    from amecam_cli.bundle import open_bundle, verify_bundle
 
     edited = tmp_path / "edited"
     shutil.copytree(tiny_bundle, edited, ignore=shutil.ignore_patterns("slices", "checkpoints", "logs"))
@@ -196,3 +196,7 @@ def test_a_bundle_whose_metadata_asks_for_flip_runs_it_not_its_unaugmented_trace
     opened = open_bundle(edited, device="cpu", torchscript=True)
     assert opened.tta == "flip" and opened.network.tta == "flip"
     assert open_bundle(edited, device="cpu", torchscript=True, tta="none").network.tta == "none"
+    # amecam verify checks the trace against the network it was traced from, and says the flips run eagerly
+    rows = {name: (passed, detail) for name, passed, detail in verify_bundle(edited)}
+    assert all(passed for passed, _ in rows.values()), rows
+    assert "network_args.tta flip runs eagerly" in rows["TorchScript matches eager"][1]
