@@ -129,12 +129,14 @@ def train_segmentation(
     overwrite: bool = False,
     progress: bool = True,
     slice_labels: str | None = None,
+    tta: str | None = None,
 ) -> dict:
     """Train the segmentation bundle in ``output`` from the AME-CAM bundle ``bundle_path``; see the module docs.
 
     Options left None take :data:`SEG_DEFAULTS` (or the AME-CAM run's); with ``resume`` they take the
     interrupted run's, ``bundle_path`` and ``data`` may be None (the run's own), and a given value that
-    contradicts the run is refused (``device`` and ``nproc_per_node`` may change).
+    contradicts the run is refused (``device`` and ``nproc_per_node`` may change). ``tta`` is the source network's
+    test-time augmentation for the pseudo-labels (``none`` or ``flip``; None: the AME-CAM bundle's own).
     """
     import torch
 
@@ -142,14 +144,16 @@ def train_segmentation(
     given = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size, "learning_rate": learning_rate,
              "device": device, "nproc_per_node": nproc_per_node, "seed": seed, "supervised": supervised, "crf": crf, "uncertainty_margin": uncertainty_margin,
              "uncertainty_weight": uncertainty_weight, "pattern": pattern,
-             "slice_labels": None if slice_labels is None else str(Path(slice_labels).expanduser().resolve())}
+             "slice_labels": None if slice_labels is None else str(Path(slice_labels).expanduser().resolve()), "tta": tta}
     saved = _saved_settings(output) if resume else None
     if saved is not None:
         bundle_path, data = _resume_inputs(output, saved, bundle_path, data)
     elif bundle_path is None or data is None:
         raise AmecamError("train-seg needs --bundle RUN, --data_dir DIR and --output_dir SEGRUN")
     options = {**SEG_DEFAULTS, **(saved or {}), **{k: v for k, v in given.items() if v is not None}}
-    source = open_bundle(bundle_path, device=options["device"])
+    if options.get("tta") not in (None, "none") and options["supervised"]:
+        raise AmecamError(f"--augment {options['tta']} makes pseudo-labels; --supervised trains on the expert masks instead")
+    source = open_bundle(bundle_path, device=options["device"], tta=options.get("tta"))
     if source.kind != "amecam":
         raise AmecamError(f"{bundle_path}: train-seg needs an AME-CAM bundle to make pseudo-labels from (this is a {source.kind} bundle)")
     if options["epochs"] < 1:
@@ -183,12 +187,12 @@ def train_segmentation(
             # the AME-CAM run's CSV, unless the expert masks are there to be used (--supervised)
             "slice_labels": given["slice_labels"] or (None if options["supervised"] else base.get("slice_labels")),
             "pattern": pattern if pattern is not None else base.get("pattern"),
-            "source_bundle": str(Path(bundle_path).resolve()),
+            "source_bundle": str(Path(bundle_path).resolve()), "tta": source.tta,
         }
     else:
         for key, value in given.items():
             if value is not None and key not in _RESUMABLE and value != saved.get(key):
-                raise AmecamError(f"--{key} {value!r} differs from the run being resumed ({saved.get(key)!r}); "
+                raise AmecamError(f"--{'augment' if key == 'tta' else key} {value!r} differs from the run being resumed ({saved.get(key)!r}); "
                                   "resume with the same settings or start a new run")
         settings = {**saved, **{key: options[key] for key in _RESUMABLE}}
         settings.pop(_DATA_KEY, None)
@@ -233,8 +237,9 @@ def train_segmentation(
             # name the map that labelled the slices: the source bundle's final map follows its fusion
             fusion = source.metadata.get("network_args", {}).get("fusion", "mean")
             pseudo["labels"] = ("AME-CAM pseudo-labels" + (" (Mf alone, fusion attention)" if fusion == "attention" else "")
+                                + (" with flip test-time augmentation" if source.tta == "flip" else "")
                                 + (" refined by DenseCRF" if settings["crf"] else ""))
-            pseudo["source_fusion"] = fusion
+            pseudo["source_fusion"], pseudo["source_tta"] = fusion, source.tta
         metadata = read_metadata(output)
         # the template's network_args (stem_stride, fusion) configure AME-CAM's ResNet; a U-Net has none of them
         metadata.pop("network_args", None)

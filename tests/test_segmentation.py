@@ -282,3 +282,39 @@ def test_resume_continues_with_the_runs_own_bundle_data_and_settings(seg_bundle,
     # a new run still needs the bundle and the data
     assert main(["train-seg", "-o", str(tmp_path / "new"), "--bundle", str(tiny_bundle)]) == 2
     assert "train-seg needs --bundle RUN, --data_dir DIR" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_train_seg_augment_flip_labels_with_the_augmented_map_and_resumes_with_it(seg_bundle, tiny_bundle, tmp_path, capsys):
+    """`train-seg --augment flip`: the pseudo-labels are the flip-averaged AME-CAM map (not the plain one), the bundle says so,
+    and --resume keeps it and refuses another choice."""
+    import torch
+
+    from amecam_cli.bundle import open_bundle
+    from amecam_cli.cams import compute_maps
+
+    out = tmp_path / "seg_flip"
+    data = tiny_bundle.parent / "data"
+    code = main(["train-seg", "--bundle", str(tiny_bundle), "--data_dir", str(data), "--output_dir", str(out), "--epochs", "1",
+                 "--batch_size", "4", "--device", "cpu", "--augment", "flip"])
+    assert code == 0, capsys.readouterr().err
+    training = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))["amecam_training"]
+    assert "with flip test-time augmentation" in training["label_description"]
+    assert training["settings"]["tta"] == training["pseudo_labels"]["source_tta"] == "flip"
+    # the labels of a case's tumour slices are the flipped network's map, and differ from the unaugmented ones
+    rows = [r for r in (out / "slices" / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:] if r]
+    header = (out / "slices" / "manifest.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    first = dict(zip(header, rows[0].split(",")))
+    tumour = [int(dict(zip(header, r.split(",")))["row"]) for r in rows
+              if dict(zip(header, r.split(",")))["file"] == first["file"] and dict(zip(header, r.split(",")))["label"] == "tumor"]
+    assert tumour
+    images = torch.from_numpy(np.load(out / "slices" / "images" / f"{first['file']}.npy").astype(np.float32))[tumour]
+    flipped = compute_maps(open_bundle(tiny_bundle, device="cpu", tta="flip").network, images, ("amecam",), device="cpu")["amecam"]
+    labels = np.load(out / "slices" / "pseudo" / f"{first['file']}.npy")[tumour].astype(np.float32)
+    np.testing.assert_allclose(labels, flipped.numpy(), atol=2e-3)  # stored as float16
+    assert np.abs(labels - np.load(seg_bundle / "slices" / "pseudo" / f"{first['file']}.npy")[tumour].astype(np.float32)).max() > 0.05
+    code = main(["train-seg", "--output_dir", str(out), "--resume", "--augment", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment 'none' differs from the run being resumed ('flip')" in err
+    code = main(["train-seg", "--bundle", str(tiny_bundle), "--data_dir", str(data), "--output_dir", str(tmp_path / "sup"), "--supervised",
+                 "--augment", "flip"])
+    assert code == 2 and "--augment flip makes pseudo-labels; --supervised trains on the expert masks" in capsys.readouterr().err
