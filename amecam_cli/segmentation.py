@@ -191,8 +191,9 @@ def train_segmentation(
         }
     else:
         for key, value in given.items():
-            if value is not None and key not in _RESUMABLE and value != saved.get(key):
-                raise AmecamError(f"--{'augment' if key == 'tta' else key} {value!r} differs from the run being resumed ({saved.get(key)!r}); "
+            before = saved.get(key, "none" if key == "tta" else None)  # runs before 0.5.22 labelled without augmentation
+            if value is not None and key not in _RESUMABLE and value != before:
+                raise AmecamError(f"--{'augment' if key == 'tta' else key} {value!r} differs from the run being resumed ({before!r}); "
                                   "resume with the same settings or start a new run")
         settings = {**saved, **{key: options[key] for key in _RESUMABLE}}
         settings.pop(_DATA_KEY, None)
