@@ -566,8 +566,8 @@ def train_seg(
         resume: continue an interrupted run in --output_dir with its saved settings, bundle and data
             (amecam train-seg -o SEGRUN --resume).
         overwrite: start again in a non-empty --output_dir.
-        augment: test-time augmentation of the AME-CAM maps that make the pseudo-labels: none or flip (the slice
-            and its three mirror images, maps averaged; 4x the work; default: the AME-CAM bundle's own, none).
+        augment: test-time augmentation of the AME-CAM maps that make the pseudo-labels, none or flip (the slice
+            and its three mirror images, maps averaged; 4x the work). Default the AME-CAM bundle's own (none).
     """
     from .segmentation import train_segmentation
 
