@@ -232,6 +232,7 @@ def test_train_seg_overwrite_never_clears_its_source_bundle(tmp_path, tiny_bundl
         (["--seed", "-1"], "--seed must be >= 0, got -1"),  # was a numpy traceback
         (["--learning_rate", "-1"], "--learning_rate must be a number > 0, got -1.0"),  # was torch's, after slicing
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--augment", "mirror"], "--augment must be one of none, flip, got 'mirror'"),
     ],
 )
 def test_train_seg_bad_options_are_refused_before_any_work(tmp_path, tiny_bundle, tiny_dataset, capsys, option, message):
@@ -291,6 +292,7 @@ def test_train_seg_augment_flip_labels_with_the_augmented_map_and_resumes_with_i
 
     from amecam_cli.bundle import open_bundle
     from amecam_cli.cams import compute_maps
+    from amecam_cli.segmentation import _read_manifest
 
     out = tmp_path / "seg_flip"
     data = tiny_bundle.parent / "data"
@@ -301,20 +303,24 @@ def test_train_seg_augment_flip_labels_with_the_augmented_map_and_resumes_with_i
     assert "with flip test-time augmentation" in training["label_description"]
     assert training["settings"]["tta"] == training["pseudo_labels"]["source_tta"] == "flip"
     # the labels of a case's tumour slices are the flipped network's map, and differ from the unaugmented ones
-    rows = [r for r in (out / "slices" / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:] if r]
-    header = (out / "slices" / "manifest.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
-    first = dict(zip(header, rows[0].split(",")))
-    tumour = [int(dict(zip(header, r.split(",")))["row"]) for r in rows
-              if dict(zip(header, r.split(",")))["file"] == first["file"] and dict(zip(header, r.split(",")))["label"] == "tumor"]
-    assert tumour
-    images = torch.from_numpy(np.load(out / "slices" / "images" / f"{first['file']}.npy").astype(np.float32))[tumour]
+    rows = _read_manifest(out / "slices")
+    name = next(r["file"] for r in rows if r["label"] == "tumor")
+    tumour = [int(r["row"]) for r in rows if r["file"] == name and r["label"] == "tumor"]
+    images = torch.from_numpy(np.load(out / "slices" / "images" / f"{name}.npy").astype(np.float32))[tumour]
     flipped = compute_maps(open_bundle(tiny_bundle, device="cpu", tta="flip").network, images, ("amecam",), device="cpu")["amecam"]
-    labels = np.load(out / "slices" / "pseudo" / f"{first['file']}.npy")[tumour].astype(np.float32)
+    labels = np.load(out / "slices" / "pseudo" / f"{name}.npy")[tumour].astype(np.float32)
     np.testing.assert_allclose(labels, flipped.numpy(), atol=2e-3)  # stored as float16
-    assert np.abs(labels - np.load(seg_bundle / "slices" / "pseudo" / f"{first['file']}.npy")[tumour].astype(np.float32)).max() > 0.05
+    assert np.abs(labels - np.load(seg_bundle / "slices" / "pseudo" / f"{name}.npy")[tumour].astype(np.float32)).max() > 0.05
     code = main(["train-seg", "--output_dir", str(out), "--resume", "--augment", "none"])
     err = capsys.readouterr().err
     assert code == 2 and "--augment 'none' differs from the run being resumed ('flip')" in err
+    # a run from before 0.5.22 saved no tta: it was labelled without augmentation, and --resume says so
+    settings_file = out / "configs" / "amecam_train.json"
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    del settings["tta"]
+    settings_file.write_text(json.dumps(settings), encoding="utf-8")
+    code = main(["train-seg", "--output_dir", str(out), "--resume", "--augment", "flip"])
+    assert code == 2 and "--augment 'flip' differs from the run being resumed ('none')" in capsys.readouterr().err
     code = main(["train-seg", "--bundle", str(tiny_bundle), "--data_dir", str(data), "--output_dir", str(tmp_path / "sup"), "--supervised",
                  "--augment", "flip"])
     assert code == 2 and "--augment flip makes pseudo-labels; --supervised trains on the expert masks" in capsys.readouterr().err
