@@ -319,7 +319,7 @@ def infer(
 def export(run: str, output: str | None = None, overwrite: bool = False) -> None:
     """Package a trained bundle as a zip to share (configs, scripts, docs, weights, TorchScript, LICENSE).
 
-    Example: amecam export runs/flair -o amecam_flair_v0.5.22.zip
+    Example: amecam export runs/flair -o amecam_flair_v0.5.23.zip
 
     Args:
         run: trained bundle folder.
@@ -337,7 +337,7 @@ def export(run: str, output: str | None = None, overwrite: bool = False) -> None
 def verify(bundle: str, device: str = "cpu") -> None:
     """Check a bundle folder or zip offline: metadata, network in/out, weights, TorchScript.
 
-    Example: amecam verify amecam_flair_v0.5.22.zip
+    Example: amecam verify amecam_flair_v0.5.23.zip
 
     Args:
         bundle: bundle folder or zip.

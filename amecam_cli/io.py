@@ -367,6 +367,8 @@ def write_volume(
 
 
 def _write_nifti(path: Path, array: np.ndarray, props: VolumeProperties) -> None:
+    from amecam_bundle.scripts.preprocess import as_file_shape
+
     if props.header is not None and isinstance(props.header, nib.Nifti1Header):
         header = props.header.copy()
     else:
@@ -374,6 +376,7 @@ def _write_nifti(path: Path, array: np.ndarray, props: VolumeProperties) -> None
         header.set_qform(props.affine, code=1)
         header.set_sform(props.affine, code=1)
     header.set_data_dtype(array.dtype)
+    array = as_file_shape(array, header.get_data_shape())  # an x*y*z*1 input gets an x*y*z*1 result
     image = nib.Nifti1Image(array, props.affine, header=header)
     image.header.set_slope_inter(1.0, 0.0)
     if array.dtype == np.uint8:

@@ -342,6 +342,19 @@ def _messages(exc: BaseException) -> str:
     return " | ".join(parts)
 
 
+def test_monai_bundle_run_keeps_a_trailing_singleton_axis(tmp_path, tiny_bundle):
+    """An x*y*z*1 input through python -m monai.bundle run gets a mask and a map of the same x*y*z*1 shape."""
+    from monai.bundle import run as bundle_run
+
+    image, _ = planted_case(seed=6)
+    src = tmp_path / "p_flair.nii.gz"
+    nib.save(nib.Nifti1Image(image.astype(np.int16)[..., None], np.eye(4)), str(src))
+    bundle_run(config_file=str(tiny_bundle / "configs" / "inference.yaml"), bundle_root=str(tiny_bundle), device="cpu",
+               image=str(src), output=str(tmp_path / "mask.nii.gz"), cam_output=str(tmp_path / "cam.nii.gz"))
+    for name in ("mask.nii.gz", "cam.nii.gz"):
+        assert nib.load(str(tmp_path / name)).shape == (*image.shape, 1)
+
+
 def test_monai_bundle_run_reads_true_and_false_as_words(tmp_path, tiny_bundle):
     """`python -m monai.bundle run ... --overwrite false` hands the config the string 'false', which is truthy:
     it once replaced the existing mask. The scripts read the words true/false and refuse anything else."""

@@ -34,6 +34,24 @@ def test_nifti_mask_round_trip_keeps_affine_and_header(tmp_path, suffix):
     assert nib.aff2axcodes(written.affine) == ("L", "P", "S")
 
 
+def test_nifti_with_a_trailing_singleton_axis_gets_a_result_of_its_exact_shape(tmp_path):
+    """Some tools save a 3-D scan as x*y*z*1; it is read as 3-D, and the result keeps the file's shape."""
+    image = nib.Nifti1Image(_volume()[..., None], LPS)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(tmp_path / "img.nii.gz"))
+    array, props = read_volume(tmp_path / "img.nii.gz")
+    assert array.shape == props.shape == (12, 10, 8)
+    mask = (array > 400).astype(np.uint8)
+    for name, result in (("mask.nii.gz", mask), ("map.nii", array / array.max())):
+        written = nib.load(str(write_volume(tmp_path / name, result, props)))
+        assert written.shape == (12, 10, 8, 1)
+        np.testing.assert_allclose(written.affine, LPS)
+        np.testing.assert_allclose(np.asanyarray(written.dataobj)[..., 0], result, rtol=1e-6)
+        assert read_volume(written.get_filename())[0].shape == (12, 10, 8)
+    # written as NRRD it is 3-D, the only shape that format gives a scalar volume here
+    assert sitk.ReadImage(str(write_volume(tmp_path / "mask.nrrd", mask, props))).GetDimension() == 3
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nhdr", ".mhd"])
 def test_sitk_formats_round_trip_geometry(tmp_path, suffix):
     image = sitk.GetImageFromArray(_volume().transpose(2, 1, 0))

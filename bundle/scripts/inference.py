@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .postprocess import CRFParams, crf_refine_volume, remove_small_components
-from .preprocess import extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
+from .preprocess import as_file_shape, extract_slices, from_canonical, paste_slices, prepare_volume, to_canonical
 from .device import resolve_device
 from .files import written_whole
 from .options import number, switch, whole
@@ -336,6 +336,7 @@ class VolumePredictor:
 
         header = reference.header.copy()
         header.set_data_dtype(array.dtype)
+        array = as_file_shape(array, reference.shape)  # an x*y*z*1 input gets an x*y*z*1 result
         image = nib.Nifti1Image(array, reference.affine, header=header)
         image.header.set_slope_inter(1.0, 0.0)
         Path(path).parent.mkdir(parents=True, exist_ok=True)

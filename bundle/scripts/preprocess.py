@@ -25,6 +25,7 @@ from scipy import ndimage
 
 __all__ = [
     "PreparedVolume",
+    "as_file_shape",
     "brain_mask",
     "crop_box",
     "extract_slices",
@@ -72,6 +73,17 @@ def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
 def from_canonical(array: np.ndarray, orientation: np.ndarray) -> np.ndarray:
     """Undo :func:`to_canonical`: return ``array`` in the voxel order of the original file."""
     return np.ascontiguousarray(apply_orientation(array, ornt_transform(_RAS, orientation)))
+
+
+def as_file_shape(array: np.ndarray, file_shape: tuple[int, ...]) -> np.ndarray:
+    """Give a 3-D result the shape of the file it belongs to when that file is x*y*z*1 (as some converters write).
+
+    Other shapes are returned unchanged, so a caller can apply it to every result.
+    """
+    file_shape = tuple(int(s) for s in file_shape)
+    if len(file_shape) > 3 and file_shape[:3] == array.shape and set(file_shape[3:]) == {1}:
+        return array.reshape(file_shape)
+    return array
 
 
 def brain_mask(channels: np.ndarray, *, fraction: float = FOREGROUND_FRACTION) -> np.ndarray:
