@@ -367,6 +367,7 @@ def write_volume(
 
 
 def _write_nifti(path: Path, array: np.ndarray, props: VolumeProperties) -> None:
+    # imported here, not at the top: preprocess imports torch, and io (like cases) stays torch-free for amecam slice
     from amecam_bundle.scripts.preprocess import as_file_shape
 
     if props.header is not None and isinstance(props.header, nib.Nifti1Header):
