@@ -40,7 +40,7 @@ VALUES = ("paper", "attention", *EXITS)
 COLUMNS = ("section", "run", "group", "full_length", *VALUES)
 GROUPS = {
     "synthetic_flair": "synthetic FLAIR",
-    "synthetic_flair_full": "synthetic FLAIR, full length (sections 1c, 1d, 1e, 1f, 1h, 1i, 1j, 7, 8, 8c, 8d, 8e, 8f, 8h, 8i, 8j)",
+    "synthetic_flair_full": "synthetic FLAIR, full length (sections 1c, 1d, 1e, 1f, 1h, 1i, 1j, 1k, 7, 8, 8c, 8d, 8e, 8f, 8h, 8i, 8j)",
     "synthetic_flair_series": "synthetic FLAIR, 20 + 6 epochs, 96 px, no pretraining (8c, 8e)",
     "synthetic_other": "synthetic T1ce, T2, T1, FLAIR + T1ce",
     "lgg": "real LGG FLAIR",
