@@ -40,7 +40,7 @@ VALUES = ("paper", "attention", *EXITS)
 COLUMNS = ("section", "run", "group", "full_length", *VALUES)
 GROUPS = {
     "synthetic_flair": "synthetic FLAIR",
-    "synthetic_flair_full": "synthetic FLAIR, full length (sections 1c, 1d, 1e, 1f, 1h, 1i, 1j, 1k, 7, 8, 8c, 8d, 8e, 8f, 8h, 8i, 8j)",
+    "synthetic_flair_full": "synthetic FLAIR, full length",  # + the sections of its rows, by group_label
     "synthetic_flair_series": "synthetic FLAIR, 20 + 6 epochs, 96 px, no pretraining (8c, 8e)",
     "synthetic_other": "synthetic T1ce, T2, T1, FLAIR + T1ce",
     "lgg": "real LGG FLAIR",
@@ -93,13 +93,21 @@ def above_every_exit(row: dict, key: str) -> bool | None:
     return all(row[key] > v for v in exits)
 
 
+def group_label(key: str, rows: list[dict]) -> str:
+    """The group's row label; the full-length group names its sections, taken from the CSV so they cannot go stale."""
+    label = GROUPS.get(key, key)
+    if key == "synthetic_flair_full":
+        label += f" (sections {', '.join(sorted({r['section'] for r in rows}))})"
+    return label
+
+
 def difference_table(groups: dict[str, list[dict]]) -> list[str]:
     out = ["| runs | Mf higher in | mean difference (Mf - final), points | range |", "|---|---|---|---|"]
     for key, rows in groups.items():
         diffs = [100 * (r["attention"] - r["paper"]) for r in rows]
         higher = sum(d > 0 for d in diffs)
         out.append(
-            f"| {GROUPS.get(key, key)} | {higher} of {len(diffs)} | {sum(diffs) / len(diffs):+.2f} "
+            f"| {group_label(key, rows)} | {higher} of {len(diffs)} | {sum(diffs) / len(diffs):+.2f} "
             f"| {min(diffs):+.1f} to {max(diffs):+.1f} |"
         )
     return out
@@ -113,7 +121,7 @@ def exit_table(groups: dict[str, list[dict]]) -> list[str]:
             continue
         paper = sum(above_every_exit(r, "paper") for r in full)
         mf = sum(above_every_exit(r, "attention") for r in full)
-        out.append(f"| {GROUPS.get(key, key)}: {len(full)} | {paper} | {mf} |")
+        out.append(f"| {group_label(key, rows)}: {len(full)} | {paper} | {mf} |")
     return out
 
 
@@ -132,7 +140,7 @@ def per_exit_table(groups: dict[str, list[dict]]) -> list[str]:
                 sem = statistics.stdev(diffs) / len(diffs) ** 0.5
                 mean = round(statistics.fmean(diffs), 1) + 0.0  # + 0.0: no "-0.0"
                 cells.append(f"{mean:+.1f} ± {sem:.1f} ({sum(d > 0 for d in diffs)})")
-            out.append(f"| {GROUPS.get(key, key)}: {len(full)} | {label} | {' | '.join(cells)} |")
+            out.append(f"| {group_label(key, rows)}: {len(full)} | {label} | {' | '.join(cells)} |")
     return out
 
 
