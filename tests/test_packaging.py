@@ -33,3 +33,35 @@ def test_version_has_one_source():
 
     assert "version = attr: amecam_cli.__version__" in (REPO / "setup.cfg").read_text(encoding="utf-8")
     assert __version__.count(".") == 2
+
+
+def _requirements(text: str) -> list[str]:
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+def test_constraints_pin_every_requirement_inside_its_range():
+    """`make install` installs with constraints.txt: each dependency setup.cfg names (test extra included) must be
+    pinned there, once, to a version its setup.cfg range accepts, or a fresh clone would install an untested set."""
+    import configparser
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg", encoding="utf-8")
+    wanted = [Requirement(r) for r in _requirements(cfg["options"]["install_requires"])]
+    wanted += [Requirement(r) for r in _requirements(cfg["options.extras_require"]["test"])]
+    pins: dict[str, str] = {}
+    for line in _requirements((REPO / "constraints.txt").read_text(encoding="utf-8")):
+        name, sep, version = line.partition("==")
+        assert sep and version, f"constraints.txt: {line!r} is not an exact pin"
+        key = canonicalize_name(name)
+        assert key not in pins, f"constraints.txt pins {name} twice"
+        pins[key] = version
+    for req in wanted:
+        key = canonicalize_name(req.name)
+        assert key in pins, f"constraints.txt does not pin {req.name}"
+        assert req.specifier.contains(pins[key]), f"constraints.txt pins {req.name}=={pins[key]}, outside {req}"
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    torch_pin = next(line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("TORCH_PIN"))
+    assert torch_pin == f"torch=={pins['torch']}", "the Makefile's torch pin and constraints.txt disagree"
