@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -65,3 +66,9 @@ def test_constraints_pin_every_requirement_inside_its_range():
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     torch_pin = next(line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("TORCH_PIN"))
     assert torch_pin == f"torch=={pins['torch']}", "the Makefile's torch pin and constraints.txt disagree"
+
+    template = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    tested = {"monai": template["monai_version"], "torch": template["pytorch_version"],
+              "numpy": template["numpy_version"], **template["required_packages_version"]}
+    for name, version in tested.items():  # a trained bundle records its own; the template states the tested set
+        assert pins[canonicalize_name(name)] == version, f"bundle metadata says {name} {version}, constraints.txt pins {pins[canonicalize_name(name)]}"
