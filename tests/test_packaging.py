@@ -66,6 +66,9 @@ def test_constraints_pin_every_requirement_inside_its_range():
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     torch_pin = next(line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("TORCH_PIN"))
     assert torch_pin == f"torch=={pins['torch']}", "the Makefile's torch pin and constraints.txt disagree"
+    installs = [line for line in makefile.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+    assert installs and all("-c $(CONSTRAINTS)" in line for line in installs), "a Makefile pip install ignores the pins"
+    assert "CONSTRAINTS := constraints.txt" in makefile
 
     template = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))
     tested = {"monai": template["monai_version"], "torch": template["pytorch_version"],
